@@ -1,0 +1,97 @@
+"""Typed settings: one source of truth for every stage.
+
+Precedence (highest first): CLI flags (passed as overrides), ``SHOAL_*`` environment
+variables, the config file named by ``SHOAL_CONFIG`` (YAML), then defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings shared by the CLI, the server and the deploy renderers."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOAL_", extra="ignore")
+
+    store: str = Field("file://./store", description="model store URI: file://DIR or s3://bucket/prefix")
+    s3_endpoint_url: str | None = Field(None, description="endpoint of an S3-compatible store")
+    s3_region: str = "us-east-1"
+    cache_dir: Path = Field(Path(".shoal/cache"), description="local cache of S3 artifacts")
+    state_dir: Path = Field(Path(".shoal"), description="pids, logs and plans of local deployments")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    device: str = "cpu"
+    threads: int | None = Field(None, description="torch intra-op threads (default: all cores of the slice)")
+    executors: int = Field(1, description="forward-pass executor threads per device")
+    memory_budget: str = Field("8GiB", description="resident weight budget before LRU eviction")
+    preload: str = Field("all", description="all | none | N models loaded at start")
+    max_batch_size: int | None = None
+    max_delay_ms: float | None = None
+    max_queue_per_model: int = 256
+    max_queue_total: int = 4096
+    request_timeout_s: float = 30.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    token: str | None = Field(None, description="bearer token required by management routes")
+    per_model_metrics_limit: int = Field(100, description="per-model metric labels only up to this many models")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlFileSource(settings_cls))
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Reads the optional YAML file named by SHOAL_CONFIG."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("SHOAL_CONFIG")
+        if not path:
+            return {}
+        from shoal.errors import UsageError
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UsageError(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise UsageError(f"config file {path} must be a mapping of setting: value")
+        return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings with CLI overrides applied (None means 'not given on the command line')."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def parse_bytes(text: str | int) -> int:
+    """'4GiB' -> 4294967296; accepts B, KB/KiB, MB/MiB, GB/GiB, TB/TiB or a plain integer."""
+    from shoal.errors import UsageError
+
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 10**6, "MB": 10**6, "MIB": 2**20,
+             "G": 10**9, "GB": 10**9, "GIB": 2**30, "T": 10**12, "TB": 10**12, "TIB": 2**40}
+    s = text.strip().upper()
+    num = s.rstrip("KMGTIB")
+    unit = s[len(num):]
+    try:
+        return int(float(num) * units[unit])
+    except (ValueError, KeyError):
+        raise UsageError(f"cannot read size {text!r}: use e.g. 512MiB, 4GiB or a number of bytes") from None

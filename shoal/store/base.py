@@ -1,0 +1,74 @@
+"""The model store interface: a folder per model holding its files and ``shoal.json``."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from shoal.errors import IntegrityError, StoreError
+from shoal.ids import check_model_id
+from shoal.store.manifest import MANIFEST_NAME, Manifest, sha256_file
+
+
+class ModelStore(ABC):
+    """Where traced models live. The manifest is written last: its presence means complete."""
+
+    uri: str
+
+    @abstractmethod
+    def list_ids(self) -> list[str]:
+        """Ids of every complete model (one with a manifest), sorted."""
+
+    @abstractmethod
+    def _read_manifest_bytes(self, model_id: str) -> bytes:
+        """Raw manifest; raise StoreError if the model is absent."""
+
+    @abstractmethod
+    def push(self, src_dir: Path, manifest: Manifest) -> None:
+        """Copy the manifest's files from ``src_dir`` into the store, manifest last."""
+
+    @abstractmethod
+    def fetch(self, model_id: str) -> Path:
+        """A local folder holding the model's files, each verified against its sha256."""
+
+    @abstractmethod
+    def remove(self, model_id: str) -> None:
+        """Delete the model (manifest first, so a half-deleted model is never listed)."""
+
+    def read_manifest(self, model_id: str) -> Manifest:
+        check_model_id(model_id)
+        raw = self._read_manifest_bytes(model_id)
+        try:
+            return Manifest.model_validate(json.loads(raw))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            raise StoreError(f"manifest of {model_id} in {self.uri} is corrupt: {str(exc).splitlines()[0]}") from None
+
+    def exists(self, model_id: str) -> bool:
+        try:
+            self.read_manifest(model_id)
+        except StoreError:
+            return False
+        return True
+
+    def manifests(self) -> list[Manifest]:
+        return [self.read_manifest(i) for i in self.list_ids()]
+
+
+def verify_files(folder: Path, manifest: Manifest) -> None:
+    """Raise IntegrityError unless every file in the manifest is present with its sha256."""
+    for name, entry in manifest.files.items():
+        path = folder / name
+        if not path.is_file():
+            raise IntegrityError(f"{manifest.id}: file {name} is missing from {folder}")
+        if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+            raise IntegrityError(f"{manifest.id}: file {name} does not match the sha256 in its manifest")
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    return manifest.model_dump_json(indent=2).encode()
+
+
+__all__ = ["ModelStore", "verify_files", "manifest_bytes", "MANIFEST_NAME"]

@@ -1,0 +1,95 @@
+"""`shoal models ...`: list, show, push, pull, rm (and synth, from the trace stage)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shoal.config import load_settings
+from shoal.errors import UsageError
+from shoal.store import store_from_settings
+from shoal.store.manifest import MANIFEST_NAME, Manifest
+
+models_app = typer.Typer(help="Inspect and move models in the model store.", no_args_is_help=True)
+StoreOpt = Annotated[Optional[str], typer.Option("--store", help="store URI (default: SHOAL_STORE or file://./store)")]
+
+
+def _store(uri: str | None):  # noqa: ANN202 - returns a ModelStore
+    return store_from_settings(load_settings(store=uri))
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@models_app.command("list")
+def list_models(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the models in the store with their measured profiles."""
+    s = _store(store)
+    manifests = s.manifests()
+    if as_json:
+        typer.echo(json.dumps([m.model_dump() for m in manifests], indent=2))
+        return
+    table = Table(title=f"models in {s.uri}")
+    for col in ("id", "task", "precision", "params", "resident", "latency p50 ms by batch"):
+        table.add_column(col)
+    for m in manifests:
+        p = m.profile
+        lat = ", ".join(f"b{b}: {ms:.1f}" for b, ms in sorted(p.latency_ms_p50.items())) if p else "-"
+        table.add_row(m.id, m.task, m.precision, _fmt_bytes(p.param_bytes) if p else "-",
+                      _fmt_bytes(p.resident_bytes) if p else "-", lat)
+    Console().print(table)
+    if not manifests:
+        typer.echo("no models yet: run ./build.sh or `shoal trace models/minilm-embed.yaml`")
+
+
+@models_app.command("show")
+def show(model_id: str, store: StoreOpt = None) -> None:
+    """Print one model's manifest."""
+    typer.echo(_store(store).read_manifest(model_id).model_dump_json(indent=2))
+
+
+@models_app.command("push")
+def push(folder: Path, store: StoreOpt = None) -> None:
+    """Copy a model folder (files + shoal.json) into the store, verifying every sha256."""
+    try:
+        manifest = Manifest.model_validate_json((folder / MANIFEST_NAME).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{folder} has no {MANIFEST_NAME}: push a folder written by `shoal trace` or `pull`") from None
+    _store(store).push(folder, manifest)
+    typer.echo(f"pushed {manifest.id}")
+
+
+@models_app.command("pull")
+def pull(model_id: str, dest: Path, store: StoreOpt = None) -> None:
+    """Copy a model out of the store into DEST/<id>, verified."""
+    import shutil
+
+    src = _store(store).fetch(model_id)
+    out = dest / model_id
+    if out.exists():
+        raise UsageError(f"{out} already exists")
+    shutil.copytree(src, out)
+    typer.echo(f"pulled {model_id} to {out}")
+
+
+@models_app.command("rm")
+def rm(model_ids: list[str], store: StoreOpt = None) -> None:
+    """Remove models from the store."""
+    s = _store(store)
+    for model_id in model_ids:
+        s.remove(model_id)
+        typer.echo(f"removed {model_id}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")

@@ -1,0 +1,86 @@
+"""The manifest (``shoal.json``) stored beside every model's files.
+
+It is the contract between trace (writes it), pack (reads the profile), and the
+server (reads format, task, shapes and batching, and checks every sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+MANIFEST_NAME = "shoal.json"
+
+Kind = Literal["text", "detector", "tensor"]
+Task = Literal["embedding", "classification", "question-answering", "detection"]
+ArtifactFormat = Literal["torchscript", "neuron", "neuronx"]
+Processor = Literal["cpu", "gpu", "inf1", "inf2"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class FileEntry(BaseModel):
+    sha256: str
+    size: int
+
+
+class Profile(BaseModel):
+    """Measured on the processor the model was traced for; pack plans with these figures."""
+
+    param_bytes: int
+    artifact_bytes: int
+    resident_bytes: int = Field(description="process RSS added by loading the artifact")
+    latency_ms_p50: dict[int, float] = Field(description="batch size -> median ms for one forward")
+    threads: int
+    measured_on: str = ""
+    precisions_tried: dict[str, str] = Field(default_factory=dict, description="precision -> verdict")
+
+    def throughput_at(self, batch_size: int) -> float:
+        """Sequences per second at one batch size (one executor)."""
+        return batch_size * 1000.0 / self.latency_ms_p50[batch_size]
+
+
+class Batching(BaseModel):
+    max_batch_size: int = 8
+    max_delay_ms: float = 2.0
+
+
+class Manifest(BaseModel):
+    id: str
+    kind: Kind
+    task: Task
+    format: ArtifactFormat = "torchscript"
+    processor: Processor = "cpu"
+    precision: Precision = "fp32"
+    seq_len: int | None = None
+    image_size: int | None = None
+    labels: list[str] | None = None
+    artifact: str = "model.pt"
+    tokenizer: str | None = "tokenizer.json"
+    files: dict[str, FileEntry] = Field(default_factory=dict)
+    profile: Profile | None = None
+    batching: Batching = Field(default_factory=Batching)
+    source: str = ""
+    base: str | None = Field(None, description="id this model was synthesised from, if any")
+    spec_sha256: str = Field("", description="hash of the catalog entry that produced it (up-to-date check)")
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files.values())
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(folder: Path, names: list[str]) -> dict[str, FileEntry]:
+    """sha256 and size of each named file in ``folder``."""
+    return {n: FileEntry(sha256=sha256_file(folder / n), size=(folder / n).stat().st_size) for n in names}
