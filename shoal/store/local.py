@@ -39,6 +39,7 @@ class LocalStore(ModelStore):
         final = self._dir(manifest.id)
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{manifest.id}.", dir=self.root))
+        staging.chmod(0o755)
         try:
             for name in manifest.files:
                 src = src_dir / name

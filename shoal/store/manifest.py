@@ -56,6 +56,7 @@ class Manifest(BaseModel):
     processor: Processor = "cpu"
     precision: Precision = "fp32"
     seq_len: int | None = None
+    static_batch: int | None = Field(None, description="neuron graphs: pad every batch to this size and to seq_len")
     image_size: int | None = None
     labels: list[str] | None = None
     artifact: str = "model.pt"

@@ -1,0 +1,97 @@
+"""Model catalog entries (``models/*.yaml``): what to trace and how.
+
+A source is one of: a model bundled in an installed package (``package:``), a local
+Hugging Face folder (``path:``), or a random initialisation from a config
+(``config:`` = a named preset or a folder/JSON with a config, plus ``seed:``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shoal.errors import UsageError
+from shoal.ids import check_model_id
+from shoal.store.manifest import Batching, Kind, Task
+
+PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    package: str | None = Field(None, description="importable package that bundles a HF model folder")
+    path: str | None = Field(None, description="local Hugging Face model folder")
+    config: str | None = Field(None, description="preset name (bert-base, bert-tiny, minilm) or a config.json path")
+    seed: int = 0
+    overrides: dict[str, int | float | str] = Field(default_factory=dict, description="config fields to override")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Source":
+        given = [n for n in ("package", "path", "config") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError("source needs exactly one of: package, path, config")
+        return self
+
+    def describe(self) -> str:
+        if self.package:
+            return f"package:{self.package}"
+        if self.path:
+            return f"path:{self.path}"
+        return f"random:{self.config}:seed={self.seed}"
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    kind: Kind = "text"
+    task: Task
+    source: Source
+    tokenizer: Source | None = Field(None, description="where the tokenizer comes from (default: the source)")
+    seq_len: int = Field(128, ge=8, le=4096)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8])
+    precision: PrecisionChoice = "auto"
+    labels: list[str] | None = None
+    pooling: Literal["mean", "cls"] = "mean"
+    batching: Batching = Field(default_factory=Batching)
+    image_size: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        check_model_id(self.id)
+        if self.task == "classification" and not self.labels:
+            raise ValueError("a classification model needs labels")
+        if any(b < 1 for b in self.batch_sizes):
+            raise ValueError("batch_sizes must be positive")
+        return self
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+def load_spec(path: Path | str) -> ModelSpec:
+    """Parse one catalog YAML, with one clear error line for every kind of bad input."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"model file {p} does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UsageError(f"model file {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"model file {p} must be a mapping (id, task, source, ...)")
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "model"
+        raise UsageError(f"model file {p}: {loc}: {err['msg']}") from None
+    except UsageError as exc:
+        raise UsageError(f"model file {p}: {exc}") from None

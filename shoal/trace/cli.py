@@ -1,0 +1,54 @@
+"""`shoal trace MODEL.yaml ...`: compile a catalog entry and record its measured profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from shoal.config import load_settings
+
+console = Console(stderr=True)
+
+
+def trace(
+    model_files: Annotated[list[Path], typer.Argument(help="catalog entries, e.g. models/minilm-cls.yaml")],
+    processor: Annotated[str, typer.Option(help="cpu | gpu | inf1 | inf2")] = "cpu",
+    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16 (default: the catalog's)")] = None,
+    batch_size: Annotated[Optional[list[int]], typer.Option("--batch-size", help="batch sizes to profile")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="sequence length (overrides the catalog)")] = None,
+    pipeline_cores: Annotated[int, typer.Option(help="inf1: NeuronCores to pipeline one model over")] = 1,
+    store: Annotated[Optional[str], typer.Option(help="store URI (default: SHOAL_STORE or file://./store)")] = None,
+    force: Annotated[bool, typer.Option(help="trace even if the store holds an up-to-date artifact")] = False,
+) -> None:
+    """Compile models (torch.jit, torch-neuron, torch-neuronx), check them against eager, profile them, store them."""
+    from shoal.errors import UsageError
+    from shoal.spec import load_spec
+    from shoal.store import store_from_settings
+    from shoal.trace.stage import TraceOptions, trace_spec
+
+    if processor not in ("cpu", "gpu", "inf1", "inf2"):
+        raise UsageError(f"unknown processor {processor!r}: use cpu, gpu, inf1 or inf2")
+    if precision not in (None, "auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
+    specs = [load_spec(p) for p in model_files]  # validate every file before tracing any
+    settings = load_settings(store=store)
+    model_store = store_from_settings(settings)
+    opts = TraceOptions(processor=processor, precision=precision, batch_sizes=batch_size or None, seq_len=seq_len,
+                        pipeline_cores=pipeline_cores, force=force, build_dir=settings.state_dir / "build",
+                        log=lambda msg: console.print(f"  {msg}", highlight=False))
+    for spec in specs:
+        with console.status(f"tracing {spec.id}"):
+            manifest, traced = trace_spec(spec, model_store, opts)
+        assert manifest.profile
+        lat = ", ".join(f"b{b} {ms:.1f} ms" for b, ms in sorted(manifest.profile.latency_ms_p50.items()))
+        state = "traced" if traced else "up to date"
+        console.print(f"[green]{spec.id}[/green] {state}: {manifest.precision}, "
+                      f"{manifest.profile.param_bytes / 2**20:.0f} MiB params, "
+                      f"{manifest.profile.resident_bytes / 2**20:.0f} MiB resident, {lat}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("trace")(trace)

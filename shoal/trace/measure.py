@@ -1,0 +1,69 @@
+"""Measure a saved artifact: resident memory added by loading it, and P50 latency per batch size.
+
+Run as its own process (``python -m shoal.trace.measure``) so the figures are not
+polluted by the tracing process's memory and caches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(artifact: Path, seq_len: int, batch_sizes: list[int], threads: int, device: str = "cpu",
+            min_runs: int = 5, max_runs: int = 20, budget_s: float = 3.0) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    # Warm the allocator and the torch runtime so their one-time cost is not charged to the model.
+    with torch.inference_mode():
+        torch.ones(8, 8) @ torch.ones(8, 8)
+    before = rss_bytes()
+    t0 = time.perf_counter()
+    module = torch.jit.load(str(artifact), map_location=device)
+    load_ms = (time.perf_counter() - t0) * 1000
+    latency: dict[int, float] = {}
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for bs in batch_sizes:
+            ids = torch.randint(1000, 2000, (bs, seq_len), generator=generator).to(device)
+            mask = torch.ones(bs, seq_len, dtype=torch.int64, device=device)
+            for _ in range(2):
+                module(ids, mask)
+            times: list[float] = []
+            start = time.perf_counter()
+            while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
+                t = time.perf_counter()
+                module(ids, mask)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                times.append((time.perf_counter() - t) * 1000)
+            latency[bs] = round(statistics.median(times), 3)
+    return {"resident_bytes": max(rss_bytes() - before, 0), "latency_ms_p50": latency, "load_ms": round(load_ms, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--seq-len", type=int, required=True)
+    parser.add_argument("--batch-sizes", required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    result = measure(args.artifact, args.seq_len, [int(b) for b in args.batch_sizes.split(",")], args.threads,
+                     args.device)
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The trace stage: catalog entry -> compiled artifact + measured profile -> model store."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from shoal.errors import ShoalError
+from shoal.samples import qa_pairs, sentences
+from shoal.spec import ModelSpec
+from shoal.store.base import ModelStore
+from shoal.store.manifest import Manifest, Profile, describe_files
+from shoal.trace import compilers, precision as prec
+from shoal.trace.sources import load_eager_model, load_tokenizer, save_tokenizer_json
+from shoal.trace.wrappers import wrap
+
+Log = Callable[[str], None]
+PROBES = 64
+
+
+@dataclass
+class TraceOptions:
+    processor: str = "cpu"
+    precision: str | None = None  # None: the spec's (default auto)
+    batch_sizes: list[int] | None = None
+    seq_len: int | None = None
+    pipeline_cores: int = 1
+    threads: int | None = None
+    isolated_profile: bool = True  # measure in a fresh process (accurate memory); False for quick tests
+    force: bool = False
+    build_dir: Path = Path(".shoal/build")
+    log: Log = field(default=lambda msg: None)
+
+
+@dataclass
+class Candidate:
+    precision: str
+    folder: Path
+    profile: dict[str, Any]
+    verdict: str
+    accepted: bool
+
+
+def trace_key(spec: ModelSpec, opts: TraceOptions) -> str:
+    """Changes whenever the catalog entry or an option that shapes the artifact changes."""
+    key = {"spec": spec.model_dump(mode="json"), "processor": opts.processor, "precision": opts.precision,
+           "batch_sizes": opts.batch_sizes, "seq_len": opts.seq_len, "pipeline_cores": opts.pipeline_cores,
+           "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def trace_spec(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[Manifest, bool]:
+    """Trace one catalog entry into the store. Returns (manifest, traced_now); up-to-date models are skipped."""
+    key = trace_key(spec, opts)
+    if not opts.force and store.exists(spec.id):
+        existing = store.read_manifest(spec.id)
+        if existing.spec_sha256 == key:
+            return existing, False
+    spec = spec.model_copy(update={k: v for k, v in (("seq_len", opts.seq_len), ("batch_sizes", opts.batch_sizes))
+                                   if v is not None})
+    compilers.require_processor(opts.processor)
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    warnings.filterwarnings("ignore", message=".*loss_type.*")
+    threads = opts.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    opts.log(f"{spec.id}: loading {spec.source.describe()}")
+    model = load_eager_model(spec)
+    tokenizer = load_tokenizer(spec)
+    probe = _tokenize_probes(spec, tokenizer, PROBES, seed=1)
+    fresh = _tokenize_probes(spec, tokenizer, 3, seed=2)
+    with torch.inference_mode():
+        reference = wrap(spec.task, model, pooling=spec.pooling, sep_token_id=tokenizer.sep_token_id or 102)(*probe)
+    requested = opts.precision or spec.precision
+    choices = prec.offered_precisions(opts.processor) if requested == "auto" else [requested]
+    work = opts.build_dir / spec.id
+    candidates = []
+    for precision in choices:
+        candidates.append(_trace_candidate(spec, model, tokenizer, precision, probe, fresh, reference, work, threads,
+                                           opts))
+    accepted = [c for c in candidates if c.accepted]
+    if not accepted:
+        raise ShoalError(f"{spec.id}: no precision passed its checks: "
+                         + "; ".join(f"{c.precision} {c.verdict}" for c in candidates))
+    top_batch = max(spec.batch_sizes)
+    best = max(accepted, key=lambda c: top_batch / c.profile["latency_ms_p50"][top_batch])
+    opts.log(f"{spec.id}: chose {best.precision}")
+    save_tokenizer_json(tokenizer, spec.seq_len, best.folder / "tokenizer.json")
+    manifest = _manifest(spec, opts, key, best, candidates, model, threads)
+    store.push(best.folder, manifest)
+    return manifest, True
+
+
+def _tokenize_probes(spec: ModelSpec, tokenizer: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if spec.task == "question-answering":
+        pairs = qa_pairs(n, seed=seed)
+        enc = tokenizer([q for q, _ in pairs], [c for _, c in pairs], padding=True, truncation="only_second",
+                        max_length=spec.seq_len, return_tensors="pt")
+    else:
+        enc = tokenizer(sentences(n, seed=seed, min_words=5 + seed, max_words=40), padding=True, truncation=True,
+                        max_length=spec.seq_len, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _trace_candidate(spec: ModelSpec, model: Any, tokenizer: Any, precision: str, probe: tuple, fresh: tuple,
+                     reference: Any, work: Path, threads: int, opts: TraceOptions) -> Candidate:
+    dtype = prec.DTYPES[precision]
+    device = "cuda" if opts.processor == "gpu" else "cpu"
+    typed = copy.deepcopy(model).to(device=device, dtype=dtype)
+    wrapper = wrap(spec.task, typed, pooling=spec.pooling, sep_token_id=tokenizer.sep_token_id or 102)
+    folder = work / f"{opts.processor}-{precision}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    static_batch = max(spec.batch_sizes)
+    example = tuple(t[:2].to(device) for t in probe)
+    opts.log(f"{spec.id}: tracing {precision} for {opts.processor}")
+    if opts.processor == "inf1":
+        example = _static_example(spec, static_batch)
+        compiled = compilers.compile_neuron(wrapper, example, opts.pipeline_cores, str(folder / "neuron-workdir"))
+    elif opts.processor == "inf2":
+        example = _static_example(spec, static_batch)
+        compiled = compilers.compile_neuronx(wrapper, example, str(folder / "neuron-workdir"))
+    else:
+        compiled = compilers.compile_torchscript(wrapper, example)
+    with torch.inference_mode():
+        inputs = tuple(t.to(device) for t in fresh)
+        diff = prec.max_abs_diff(compiled.module(*inputs), wrapper(*inputs))
+        tolerance = 1e-3 if precision == "fp32" else 5e-2
+        opts.log(f"{spec.id}: traced vs eager ({precision}) max abs difference {diff:.2e} (tolerance {tolerance:.0e})")
+        if diff > tolerance:
+            raise ShoalError(f"{spec.id}: traced {precision} output differs from eager by {diff:.3g} "
+                             f"(tolerance {tolerance:g}); the model has shape-dependent control flow?")
+        candidate_out = compiled.module(*(t.to(device) for t in probe))
+    check = prec.agreement(spec.task, reference, _to_cpu(candidate_out), probe[1])
+    if precision == "fp32":
+        check.accepted = True
+    torch.jit.save(compiled.module, str(folder / "model.pt"))
+    if compiled.unfrozen is not None:
+        torch.jit.save(compiled.unfrozen, str(folder / "traced.pt"))
+    opts.log(f"{spec.id}: {precision} {check.verdict()}; measuring")
+    profile = _measure(folder / "model.pt", spec, threads, device, opts.isolated_profile)
+    return Candidate(precision, folder, profile, check.verdict(), check.accepted)
+
+
+def _static_example(spec: ModelSpec, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(1000, 2000, (batch, spec.seq_len))
+    return ids, torch.ones_like(ids)
+
+
+def _to_cpu(out: Any) -> Any:
+    return tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
+
+
+def _measure(artifact: Path, spec: ModelSpec, threads: int, device: str, isolated: bool) -> dict[str, Any]:
+    batch_sizes = sorted(set(spec.batch_sizes))
+    if not isolated:
+        from shoal.trace.measure import measure
+
+        result = measure(artifact, spec.seq_len, batch_sizes, threads, device, min_runs=2, max_runs=3, budget_s=0.2)
+    else:
+        result = _measure_isolated(artifact, spec, batch_sizes, threads, device)
+    result["latency_ms_p50"] = {int(b): float(ms) for b, ms in result["latency_ms_p50"].items()}
+    return result
+
+
+def _measure_isolated(artifact: Path, spec: ModelSpec, batch_sizes: list[int], threads: int,
+                      device: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "shoal.trace.measure", str(artifact), "--seq-len", str(spec.seq_len),
+           "--batch-sizes", ",".join(map(str, batch_sizes)), "--threads", str(threads), "--device", device]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if proc.returncode != 0:
+        raise ShoalError(f"{spec.id}: measuring {artifact.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout)
+
+
+def _manifest(spec: ModelSpec, opts: TraceOptions, key: str, best: Candidate, candidates: list[Candidate],
+              model: Any, threads: int) -> Manifest:
+    files = ["model.pt", "tokenizer.json"]
+    dtype_size = torch.finfo(prec.DTYPES[best.precision]).bits // 8
+    param_bytes = sum(p.numel() for p in model.parameters()) * dtype_size
+    latency = {int(b): float(ms) for b, ms in best.profile["latency_ms_p50"].items()}
+    profile = Profile(
+        param_bytes=param_bytes,
+        artifact_bytes=(best.folder / "model.pt").stat().st_size,
+        resident_bytes=int(best.profile["resident_bytes"]),
+        latency_ms_p50=latency,
+        threads=threads,
+        measured_on=f"{opts.processor} {platform.processor() or platform.machine()} x{os.cpu_count()}",
+        precisions_tried={c.precision: c.verdict for c in candidates},
+    )
+    fmt = {"inf1": "neuron", "inf2": "neuronx"}.get(opts.processor, "torchscript")
+    return Manifest(
+        id=spec.id, kind=spec.kind, task=spec.task, format=fmt, processor=opts.processor,  # type: ignore[arg-type]
+        precision=best.precision, seq_len=spec.seq_len, labels=spec.labels,  # type: ignore[arg-type]
+        files=describe_files(best.folder, files), profile=profile, batching=spec.batching,
+        static_batch=max(spec.batch_sizes) if fmt != "torchscript" else None,
+        source=spec.source.describe(), spec_sha256=key,
+    )
