@@ -91,5 +91,31 @@ def rm(model_ids: list[str], store: StoreOpt = None) -> None:
         typer.echo(f"removed {model_id}")
 
 
+@models_app.command("synth")
+def synth(
+    base: Annotated[str, typer.Option("--from", help="traced model to copy, e.g. minilm-cls")],
+    count: Annotated[int, typer.Option(help="how many unique models to create")],
+    seed: Annotated[int, typer.Option(help="first seed; model i gets seed+i")] = 0,
+    prefix: Annotated[Optional[str], typer.Option(help="id prefix (default: the base id)")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Create N unique models (perturbed weights, fresh head, own sha256) from a traced base."""
+    import time
+
+    from rich.progress import Progress
+
+    from shoal.trace.synth import synth_models
+
+    settings = load_settings(store=store)
+    start = time.perf_counter()
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"synthesising from {base}", total=count)
+        ids = synth_models(store_from_settings(settings), base, count, seed=seed, prefix=prefix,
+                           build_dir=settings.state_dir / "build", progress=lambda i: bar.update(task, completed=i))
+    elapsed = time.perf_counter() - start
+    typer.echo(f"created {len(ids)} models ({ids[0]} .. {ids[-1]}) in {elapsed:.1f} s "
+               f"({elapsed / len(ids) * 1000:.0f} ms each)")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")

@@ -19,7 +19,7 @@ from shoal.store.manifest import Manifest, sha256_file
 
 class S3Store(ModelStore):
     def __init__(self, bucket: str, prefix: str, cache_dir: Path, endpoint_url: str | None, region: str) -> None:
-        import boto3
+        import boto3.session
         from botocore.config import Config
 
         self.bucket = bucket
@@ -33,7 +33,9 @@ class S3Store(ModelStore):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        # A fresh session per store: the default session caches credentials across stores.
+        self.client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region,
+                                                     config=config)
 
     def _key(self, model_id: str, name: str) -> str:
         parts = [self.prefix, check_model_id(model_id), name]

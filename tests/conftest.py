@@ -1,0 +1,57 @@
+"""Shared fixtures: temporary stores, tiny traced models, the real MiniLM (traced once), a real S3 server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from shoal.store.local import LocalStore  # noqa: E402
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture
+def build_dir(tmp_path: Path) -> Path:
+    return tmp_path / "build"
+
+
+@pytest.fixture(scope="session")
+def minilm_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, Path]:
+    """The real all-MiniLM-L6-v2 classifier, traced once per session at fp32 (isolated profile)."""
+    from shoal.spec import load_spec
+    from shoal.trace.stage import TraceOptions, trace_spec
+
+    root = tmp_path_factory.mktemp("minilm")
+    store = LocalStore(root / "store")
+    spec = load_spec(Path(__file__).parent.parent / "models" / "minilm-cls.yaml")
+    trace_spec(spec, store, TraceOptions(precision="fp32", build_dir=root / "build", batch_sizes=[1, 4]))
+    return store, root / "build"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real SeaweedFS S3 server on loopback, with test credentials in the environment."""
+    from tests.s3_server import ACCESS_KEY, SECRET_KEY, start_seaweedfs
+
+    server = start_seaweedfs(tmp_path_factory.mktemp("s3"))
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ["AWS_ACCESS_KEY_ID"] = ACCESS_KEY
+    os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET_KEY
+    try:
+        yield server.endpoint
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
