@@ -1,0 +1,3 @@
+"""placeholder"""
+def sweep() -> None:
+    """Sweep batch size x clients x precision."""
