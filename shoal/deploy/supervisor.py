@@ -1,0 +1,256 @@
+"""The local supervisor: a detached process that keeps every server of a fleet running.
+
+Run as ``python -m shoal.deploy.supervisor STATE_DEPLOY_DIR``: it daemonises (so it
+outlives the shell that ran deploy.sh), takes the fleet lock, starts each server in
+its own process group with its pinning environment, restarts a dead one at once
+(with exponential backoff while it keeps dying), and on SIGTERM stops them all:
+SIGTERM, a grace period, then SIGKILL. Servers also get SIGTERM from the kernel if
+the supervisor itself is killed (PR_SET_PDEATHSIG), so no server outlives it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from shoal.deploy.local_fleet import FleetSpec, ServerSpec
+from shoal.deploy.local_state import FleetPaths, terminate_groups, try_lock, write_json
+
+POLL_S = 0.2
+STABLE_S = 10.0  # a server that ran this long before dying is restarted at once
+BACKOFF_S = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+_PR_SET_PDEATHSIG = 1
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _pin_child(cores: list[int] | None) -> Callable[[], None]:
+    """Runs in the child between fork and exec: own process group, die with the supervisor, CPU affinity."""
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        if cores and hasattr(os, "sched_setaffinity"):
+            wanted = set(cores) & os.sched_getaffinity(0)
+            if wanted:
+                os.sched_setaffinity(0, wanted)
+
+    return setup
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+@dataclass
+class Child:
+    spec: ServerSpec
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    starts: int = 0
+    failures: int = 0  # consecutive quick deaths
+    next_start: float = 0.0
+    last_exit: str | None = None
+    last_exit_at: str | None = None
+    history: list[str] = field(default_factory=list)
+
+    @property
+    def restarts(self) -> int:
+        return max(0, self.starts - 1)
+
+    def start(self, log: Callable[[str], None]) -> None:
+        env = {**os.environ, **self.spec.env}
+        with open(self.log_path, "ab") as out:
+            out.write(f"--- {_now()} shoal supervisor: starting {self.spec.name} "
+                      f"(start {self.starts + 1}): {' '.join(self.spec.argv)}\n".encode())
+            out.flush()
+            try:
+                self.proc = subprocess.Popen(self.spec.argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                             stderr=subprocess.STDOUT, preexec_fn=_pin_child(self.spec.cores))
+            except OSError as exc:
+                self.proc = None
+                self._died(f"could not be started: {exc}", time.monotonic(), log)
+                return
+        self.starts += 1
+        self.started_at = time.monotonic()
+        log(f"{self.spec.name}: started pid {self.proc.pid} on port {self.spec.port}, device {self.spec.device}")
+
+    def check(self, log: Callable[[str], None]) -> bool:
+        """Notice a dead server and schedule its restart; True if anything changed."""
+        if self.proc is None:
+            return False
+        code = self.proc.poll()
+        if code is None:
+            return False
+        pid = self.proc.pid
+        self.proc = None
+        terminate_groups([pid], 1.0)  # anything the server spawned goes with it
+        self._died(f"(pid {pid}) {_describe_exit(code)}", time.monotonic(), log)
+        return True
+
+    def _died(self, what: str, now: float, log: Callable[[str], None]) -> None:
+        uptime = now - self.started_at if self.started_at else 0.0
+        self.failures = self.failures + 1 if uptime < STABLE_S else 1
+        delay = BACKOFF_S[min(self.failures - 1, len(BACKOFF_S) - 1)]
+        self.next_start = now + delay
+        self.last_exit = what
+        self.last_exit_at = _now()
+        line = f"{self.spec.name} {what} after {uptime:.1f} s; "
+        if self.failures > 1:
+            line += (f"it keeps dying ({self.failures} times in a row): restarting in {delay:.0f} s; "
+                     f"see {self.log_path}")
+        else:
+            line += "restarting now"
+        log(line)
+
+    def due(self, now: float) -> bool:
+        return self.proc is None and now >= self.next_start
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        running = self.proc is not None
+        return {
+            "pid": self.proc.pid if running else None,
+            "state": "running" if running else ("backoff" if self.failures > 1 else "restarting"),
+            "starts": self.starts,
+            "restarts": self.restarts,
+            "uptime_s": round(now - self.started_at, 1) if running else 0.0,
+            "consecutive_failures": self.failures,
+            "next_start_in_s": round(max(0.0, self.next_start - now), 1) if not running else None,
+            "last_exit": self.last_exit,
+            "last_exit_at": self.last_exit_at,
+        }
+
+
+class Supervisor:
+    def __init__(self, paths: FleetPaths, fleet: FleetSpec) -> None:
+        self.paths = paths
+        self.fleet = fleet
+        self.children = [Child(s, paths.server_log(s.name)) for s in fleet.servers]
+        self.stopping = False
+        self.started_at = _now()
+
+    def log(self, msg: str) -> None:
+        print(f"{_now()} {msg}", flush=True)
+
+    def write_state(self, phase: str) -> None:
+        now = time.monotonic()
+        write_json(self.paths.state, {
+            "supervisor_pid": os.getpid(), "phase": phase, "started_at": self.started_at, "updated_at": _now(),
+            "servers": {c.spec.name: c.snapshot(now) for c in self.children},
+        })
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.log(f"supervisor pid {os.getpid()}: {len(self.children)} server(s), store {self.fleet.store}")
+        for c in self.children:
+            c.start(self.log)
+        self.write_state("running")
+        last_write = time.monotonic()
+        while not self.stopping:
+            now = time.monotonic()
+            changed = False
+            for c in self.children:
+                if self.stopping:
+                    break
+                changed |= c.check(self.log)
+                if c.due(now) and not self.stopping:
+                    c.start(self.log)
+                    changed = True
+            if changed or now - last_write > 1.0:
+                self.write_state("running")
+                last_write = now
+            time.sleep(POLL_S)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.write_state("stopping")
+        procs = [c.proc for c in self.children if c.proc is not None]
+        self.log(f"stopping {len(procs)} server(s): SIGTERM, SIGKILL after {self.fleet.grace_s:.0f} s")
+        killed = terminate_groups([p.pid for p in procs], self.fleet.grace_s, self.log)
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        for c in self.children:
+            c.proc = None
+        self.write_state("stopped")
+        self.log(f"stopped ({len(killed)} needed SIGKILL)")
+
+
+def daemonize(paths: FleetPaths) -> None:
+    """Classic double fork: the launcher gets back one line (the pid, or why not) and exits."""
+    read_fd, write_fd = os.pipe()
+    if os.fork() > 0:  # launcher: wait for the daemon's word
+        os.close(write_fd)
+        with os.fdopen(read_fd) as r:
+            answer = r.read().strip()
+        print(answer or "error: the supervisor exited before starting (see its log)")
+        os._exit(0 if answer.isdigit() else 1)
+    os.close(read_fd)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    lock_fd = try_lock(paths.lock)
+    if lock_fd is None:
+        os.write(write_fd, b"error: a supervisor is already running for this state folder")
+        os._exit(1)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    out = os.open(paths.supervisor_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    os.close(devnull)
+    paths.pid.write_text(f"{os.getpid()}\n")
+    os.write(write_fd, f"{os.getpid()}".encode())
+    os.close(write_fd)
+    # lock_fd stays open (close-on-exec, so servers do not inherit it) until this process dies
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python -m shoal.deploy.supervisor STATE_DIR/deploy")
+    paths = FleetPaths(Path(args[0]).absolute())
+    fleet = FleetSpec.load(paths.fleet)
+    daemonize(paths)
+    sup = Supervisor(paths, fleet)
+    try:
+        sup.run()
+    except Exception as exc:  # log why, and never leave servers behind
+        sup.log(f"supervisor failed: {type(exc).__name__}: {exc}")
+        sup.shutdown()
+        raise
+    finally:
+        paths.pid.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
