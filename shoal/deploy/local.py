@@ -127,18 +127,23 @@ def start(settings: Settings, opts: StartOptions) -> StartResult:
             ports = ", ".join(str(p) for p in (current.ports() if current else []))
             raise UsageError(f"a different local fleet is already running (ports {ports}): "
                              "`./deploy.sh stop` first, or add --restart to replace it")
+    pid = launch(paths, fleet, built.plan)
+    return StartResult(fleet, False, pid, plan_moved=built.plan_moved)
+
+
+def launch(paths: FleetPaths, fleet: FleetSpec, plan: Plan | None = None) -> int:
+    """Check the ports are free, write the fleet's files, start the supervisor; return its pid."""
     for s in fleet.servers:
         if port_in_use(s.host, s.port):
             raise UsageError(f"port {s.port} on {s.host} is already in use by another program (not this fleet): "
                              "stop it or choose another --port")
     paths.logs.mkdir(parents=True, exist_ok=True)
-    if built.plan is not None:
-        built.plan.save(paths.plan)
+    if plan is not None:
+        plan.save(paths.plan)
     fleet.save(paths.fleet)
     paths.state.unlink(missing_ok=True)
     _rotate_logs(paths, fleet)
-    pid = _launch_supervisor(paths)
-    return StartResult(fleet, False, pid, plan_moved=built.plan_moved)
+    return _launch_supervisor(paths)
 
 
 def _rotate_logs(paths: FleetPaths, fleet: FleetSpec) -> None:
@@ -151,12 +156,12 @@ def _rotate_logs(paths: FleetPaths, fleet: FleetSpec) -> None:
 def _launch_supervisor(paths: FleetPaths) -> int:
     cmd = [sys.executable, "-m", "shoal.deploy.supervisor", str(paths.root)]
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
-    answer = proc.stdout.strip().splitlines()[-1:] or [""]
-    if proc.returncode != 0 or not answer[0].isdigit():
-        detail = (answer[0] or proc.stderr.strip().splitlines()[-1:] or ["no output"])
-        raise ShoalError(f"the supervisor did not start: {detail if isinstance(detail, str) else detail[0]} "
+    answer = (proc.stdout.strip().splitlines() or [""])[-1]
+    if proc.returncode != 0 or not answer.isdigit():
+        detail = answer or (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ShoalError(f"the supervisor did not start: {detail.removeprefix('error: ')} "
                          f"(see {paths.rel(paths.supervisor_log)})")
-    return int(answer[0])
+    return int(answer)
 
 
 def probe_ready(server: ServerSpec, timeout_s: float = 1.0) -> bool:
