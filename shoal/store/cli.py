@@ -41,13 +41,16 @@ def list_models(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("-
         return
     table = Table(title=f"models in {s.uri}")
     for col in ("id", "task", "precision", "params", "resident", "latency p50 ms by batch"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for m in manifests:
         p = m.profile
         lat = ", ".join(f"b{b}: {ms:.1f}" for b, ms in sorted(p.latency_ms_p50.items())) if p else "-"
         table.add_row(m.id, m.task, m.precision, _fmt_bytes(p.param_bytes) if p else "-",
                       _fmt_bytes(p.resident_bytes) if p else "-", lat)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
     if not manifests:
         typer.echo("no models yet: run ./build.sh or `shoal trace models/minilm-embed.yaml`")
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-COSINE_MIN = 0.999  # per probe, between the candidate's and fp32's output vectors
+COSINE_MIN = 0.999  # embeddings and span logits: per probe, between the candidate's and fp32's outputs
 ARGMAX_AGREEMENT_MIN = 0.995  # fraction of probes with the same predicted class / span edge
+PROBABILITY_DIFF_MAX = 0.01  # classification: largest change of any class probability
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,10 +42,13 @@ class Agreement:
     min_cosine: float
     argmax_agreement: float
     accepted: bool
+    max_probability_diff: float | None = None
 
     def verdict(self) -> str:
         state = "kept" if self.accepted else "rejected"
-        return f"{state}: min cosine {self.min_cosine:.5f}, argmax agreement {self.argmax_agreement:.3%}"
+        first = (f"max probability change {self.max_probability_diff:.4f}" if self.max_probability_diff is not None
+                 else f"min cosine {self.min_cosine:.5f}")
+        return f"{state}: {first}, argmax agreement {self.argmax_agreement:.3%}"
 
 
 def _as_rows(output: torch.Tensor | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
@@ -53,6 +57,14 @@ def _as_rows(output: torch.Tensor | tuple[torch.Tensor, ...]) -> list[torch.Tens
 
 def agreement(task: str, reference: torch.Tensor | tuple, candidate: torch.Tensor | tuple,
               mask: torch.Tensor | None = None) -> Agreement:
+    if task == "classification":
+        # Cosine of a 2-class logit vector says little; compare what users read: probabilities and the label.
+        ref_p = torch.softmax(reference.float(), -1)  # type: ignore[union-attr]
+        cand_p = torch.softmax(candidate.float(), -1)  # type: ignore[union-attr]
+        diff = (ref_p - cand_p).abs().max().item()
+        agree_rate = (ref_p.argmax(-1) == cand_p.argmax(-1)).float().mean().item()
+        cos = torch.nn.functional.cosine_similarity(ref_p, cand_p, dim=-1).min().item()
+        return Agreement(cos, agree_rate, diff <= PROBABILITY_DIFF_MAX and agree_rate >= ARGMAX_AGREEMENT_MIN, diff)
     cosines: list[float] = []
     agree: list[float] = []
     for ref, cand in zip(_as_rows(reference), _as_rows(candidate)):

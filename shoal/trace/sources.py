@@ -12,6 +12,7 @@ from shoal.spec import ModelSpec, Source
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 # Random-initialisation presets: named configs a user can trace without any weights.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -71,6 +72,9 @@ def load_eager_model(spec: ModelSpec) -> Any:
     if spec.task not in classes:
         raise UsageError(f"task {spec.task!r} is not a text task (expected one of {', '.join(classes)})")
     cls = classes[spec.task]
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # a fresh head on a base encoder is intended; its notice is noise here
     torch.manual_seed(spec.source.seed)
     config = build_config(spec.source)
     if spec.task == "classification":
@@ -82,9 +86,6 @@ def load_eager_model(spec: ModelSpec) -> Any:
         if spec.source.config:
             model = cls.from_config(config)
         else:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.set_verbosity_error()  # a fresh head on a base encoder is intended here
             model = cls.from_pretrained(source_folder(spec.source), config=config)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load {spec.id} from {spec.source.describe()}: {str(exc).splitlines()[0]}") from None

@@ -73,6 +73,7 @@ def trace_spec(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[
     compilers.require_processor(opts.processor)
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     warnings.filterwarnings("ignore", message=".*loss_type.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     threads = opts.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     opts.log(f"{spec.id}: loading {spec.source.describe()}")

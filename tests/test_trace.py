@@ -1,0 +1,116 @@
+"""The trace stage: traced == eager, precision choice, profiles, the real MiniLM, up-to-date skips."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from shoal.samples import sentences
+from shoal.store.local import LocalStore
+from shoal.trace import precision
+from shoal.trace.sources import load_eager_model, load_tokenizer
+from shoal.trace.stage import TraceOptions, trace_spec
+from shoal.trace.tiny import make_tiny_model, tiny_spec
+from shoal.trace.wrappers import wrap
+
+
+def _encode(tokenizer_path: Path, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    encs = tok.encode_batch(texts)
+    return (torch.tensor([e.ids for e in encs], dtype=torch.int64),
+            torch.tensor([e.attention_mask for e in encs], dtype=torch.int64))
+
+
+@pytest.mark.parametrize("task", ["classification", "embedding", "question-answering"])
+def test_tiny_artifact_equals_eager_on_fresh_inputs(task: str, store: LocalStore, build_dir: Path) -> None:
+    manifest = make_tiny_model(store, "tiny", task=task, seed=3, build_dir=build_dir)
+    folder = store.fetch("tiny")
+    traced = torch.jit.load(str(folder / manifest.artifact))
+    spec = tiny_spec("tiny", task, seed=3)
+    eager = wrap(task, load_eager_model(spec), sep_token_id=102)
+    # Different batch size and lengths from the trace example: the graph must not be shape-specialised.
+    ids, mask = _encode(folder / "tokenizer.json", sentences(5, seed=99, min_words=3, max_words=60))
+    with torch.inference_mode():
+        assert precision.max_abs_diff(traced(ids, mask), eager(ids, mask)) < 1e-4
+    assert manifest.profile and set(manifest.profile.latency_ms_p50) == {1, 4}
+    assert manifest.profile.param_bytes > 0 and manifest.files["model.pt"].size == manifest.profile.artifact_bytes
+
+
+def test_tokenizer_file_truncates_to_seq_len_and_pads_to_longest(store: LocalStore, build_dir: Path) -> None:
+    make_tiny_model(store, "tiny", seq_len=32, build_dir=build_dir)
+    ids, mask = _encode(store.fetch("tiny") / "tokenizer.json", ["short", " ".join(["word"] * 100)])
+    assert ids.shape == (2, 32)
+    assert mask[0].sum() == 3 and mask[1].sum() == 32
+
+
+@pytest.mark.skipif(not precision.cpu_has_fast_bf16(), reason="this CPU has no native bf16")
+def test_auto_precision_profiles_every_offered_precision(store: LocalStore, build_dir: Path) -> None:
+    manifest = make_tiny_model(store, "tiny-auto", task="embedding", precision="auto", build_dir=build_dir)
+    assert manifest.profile
+    assert set(manifest.profile.precisions_tried) == {"fp32", "bf16"}
+    assert manifest.precision in ("fp32", "bf16")
+
+
+def test_agreement_rejects_a_model_that_changes_answers() -> None:
+    ref = torch.tensor([[2.0, -2.0], [-1.0, 1.0]] * 50)
+    assert precision.agreement("classification", ref, ref + 0.001).accepted
+    flipped = ref.clone()
+    flipped[0] = torch.tensor([-2.0, 2.0])
+    verdict = precision.agreement("classification", ref, flipped)
+    assert not verdict.accepted and verdict.argmax_agreement == pytest.approx(0.99)
+    emb = torch.randn(10, 32)
+    assert precision.agreement("embedding", emb, emb * 1.01).accepted
+    assert not precision.agreement("embedding", emb, emb + torch.randn(10, 32)).accepted
+
+
+def test_second_trace_is_skipped_when_up_to_date(store: LocalStore, build_dir: Path) -> None:
+    spec = tiny_spec("tiny-skip")
+    opts = TraceOptions(isolated_profile=False, build_dir=build_dir)
+    first, traced = trace_spec(spec, store, opts)
+    assert traced
+    start = time.perf_counter()
+    again, traced_again = trace_spec(spec, store, opts)
+    assert not traced_again and again == first
+    assert time.perf_counter() - start < 1.0
+    changed, traced_changed = trace_spec(spec.model_copy(update={"seq_len": 48}), store, opts)
+    assert traced_changed and changed.seq_len == 48
+
+
+def test_real_minilm_matches_sentence_transformers_pooling(minilm_store: tuple[LocalStore, Path]) -> None:
+    """The real all-MiniLM-L6-v2, traced once: its classifier artifact runs, and the profile is measured."""
+    store, _ = minilm_store
+    manifest = store.read_manifest("minilm-cls")
+    assert manifest.precision == "fp32" and manifest.labels == ["negative", "positive"]
+    assert manifest.profile and manifest.profile.resident_bytes > 50 * 2**20
+    assert 80 * 2**20 < manifest.profile.param_bytes < 100 * 2**20  # 22.7 M parameters in fp32
+    folder = store.fetch("minilm-cls")
+    traced = torch.jit.load(str(folder / "model.pt"))
+    from shoal.spec import load_spec
+
+    spec = load_spec(Path(__file__).parent.parent / "models" / "minilm-cls.yaml")
+    eager = wrap("classification", load_eager_model(spec))
+    ids, mask = _encode(folder / "tokenizer.json", sentences(6, seed=5))
+    with torch.inference_mode():
+        assert precision.max_abs_diff(traced(ids, mask), eager(ids, mask)) < 1e-4
+
+
+def test_real_minilm_embedding_is_the_published_model(tmp_path: Path) -> None:
+    """Embeddings from our wrapper agree with the model's own mean pooling + normalisation on real weights."""
+    from shoal.spec import load_spec
+
+    spec = load_spec(Path(__file__).parent.parent / "models" / "minilm-embed.yaml")
+    model = load_eager_model(spec)
+    tokenizer = load_tokenizer(spec)
+    enc = tokenizer(["A man is eating food.", "A man is eating a piece of bread.", "The sky is blue today."],
+                    padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        emb = wrap("embedding", model)(enc["input_ids"], enc["attention_mask"])
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    similar = float(emb[0] @ emb[1])
+    unrelated = float(emb[0] @ emb[2])
+    assert similar > 0.6 and unrelated < 0.3, (similar, unrelated)  # real semantics, not random weights
