@@ -29,6 +29,9 @@ class ServerPlan(BaseModel):
     memory_bytes: int = 0
     memory_fraction: float = 0.0
     compute_fraction: float = 0.0
+    device_index: int = Field(0, description="device slot on its instance (port = base port + this)")
+    device_memory_bytes: int = Field(0, description="memory of the device; the server's budget is a share of it")
+    threads: int | None = Field(None, description="vCPUs of the slice for cpu servers")
 
 
 class SolverReport(BaseModel):
@@ -38,6 +41,8 @@ class SolverReport(BaseModel):
     lower_bound: float
     gap: float = Field(description="(cost - lower_bound) / lower_bound")
     moved_models: int | None = None
+    optimal: bool = False
+    fresh_cost_per_hour: float | None = Field(None, description="re-plan only: cost of planning from scratch")
 
 
 class Plan(BaseModel):
@@ -52,6 +57,8 @@ class Plan(BaseModel):
     cost_per_hour: float = 0.0
     price_per_model_hour: float = 0.0
     solver: SolverReport | None = None
+    rps: dict[str, float] = Field(default_factory=dict, description="model id -> requests/s the plan was sized for")
+    notes: list[str] = Field(default_factory=list, description="assumptions a reader should know (estimates)")
 
     def server(self, name: str) -> ServerPlan:
         for s in self.servers:
