@@ -1,0 +1,133 @@
+"""A proven lower bound on the cost of any plan, and the fractional plan behind it.
+
+The relaxation lets a model be split across instance types and device boundaries, but
+keeps instance counts integer. Capacity rows alone are weak when a model takes a fifth
+of a device (five fractional models fill a device no real packing can), so each type
+also gets rows built from *dual feasible functions* (Fekete & Schepers): maps f of item
+sizes with ``sum(s) <= 1 => sum(f(s)) <= 1``. Any real packing satisfies them, so the
+bound stays valid while the rounding effect of large models is charged for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_matrix
+
+from shoal.pack.demand import Demands
+
+U_KS = tuple(range(1, 11))          # u^(k) for k = 1..10
+EPSILONS = (0.1, 0.2, 0.3, 0.4)     # f_eps
+TOL = 1e-9
+
+
+def dff_u(x: np.ndarray, k: int) -> np.ndarray:
+    """u^(k)(x) = x if (k+1)x is an integer else floor((k+1)x)/k, rounded to stay valid."""
+    y = (k + 1) * x
+    near = np.abs(y - np.rint(y)) < 1e-9
+    return np.where(near, x, np.floor(y - 1e-9) / k)
+
+
+def dff_eps(x: np.ndarray, eps: float) -> np.ndarray:
+    """1 above 1-eps, 0 below eps, x between: big items cannot share a bin."""
+    return np.where(x > 1 - eps + TOL, 1.0, np.where(x < eps, 0.0, x))
+
+
+def size_functions(s: np.ndarray) -> list[np.ndarray]:
+    """Identity plus every DFF that raises some item's size (the others are dominated)."""
+    out = [s]
+    for f in [dff_u(s, k) for k in U_KS] + [dff_eps(s, e) for e in EPSILONS]:
+        if (f > s + 1e-12).any():
+            out.append(f)
+    return out
+
+
+@dataclass
+class Bound:
+    value: float
+    x: np.ndarray | None  # n x T fractional assignment (rows sum to 1), None if not solved
+    counts: np.ndarray | None  # instances per type in the relaxation
+    proven: bool
+    feasible: bool = True
+    tightest: str = ""
+
+
+def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
+    """Solve the relaxation with HiGHS; its dual bound is valid even if time runs out."""
+    n, k = d.mem.shape
+    ok = d.ok
+    pairs_i, pairs_t = np.nonzero(ok)
+    nx = pairs_i.size
+    prices = np.array([t.price for t in d.types])
+    devs = np.array([t.devices for t in d.types], dtype=float)
+
+    rows, cols, vals = [pairs_i], [np.arange(nx)], [np.ones(nx)]
+    lo, hi = [np.ones(n)], [np.ones(n)]
+    r = n
+    labels: list[str] = []
+    for t in range(k):
+        sel = np.flatnonzero(pairs_t == t)
+        if sel.size == 0:
+            continue
+        items = pairs_i[sel]
+        for dim, mat, cap in (("memory", d.mem, d.max_memory), ("compute", d.comp, d.max_compute)):
+            s = np.clip(mat[items, t] / cap, 0.0, 1.0)
+            for f in size_functions(s):
+                rows += [np.full(sel.size, r), [r]]
+                cols += [sel, [nx + t]]
+                vals += [f, [-devs[t]]]
+                lo.append([-np.inf])
+                hi.append([0.0])
+                labels.append(f"{dim} on {d.types[t].name}")
+                r += 1
+    a = coo_matrix((np.concatenate(vals), (np.concatenate([np.asarray(x) for x in rows]),
+                                           np.concatenate([np.asarray(x) for x in cols]))), shape=(r, nx + k)).tocsr()
+    c = np.concatenate([np.zeros(nx), prices])
+    ub = np.concatenate([np.ones(nx), [t.max_count if t.max_count else np.inf for t in d.types]])
+    bounds = Bounds(np.zeros(nx + k), ub)
+    cons = LinearConstraint(a, np.concatenate(lo), np.concatenate(hi))
+    # Pure LP first: fast and always a valid bound; then integer instance counts on top.
+    res = milp(c, bounds=bounds, constraints=cons, options={"time_limit": time_limit, "disp": False})
+    if res.status == 2:
+        return Bound(np.inf, None, None, True, feasible=False, tightest=_tightest(d))
+    if res.x is None:
+        return Bound(0.0, None, None, False)
+    best_x, value, proven = res.x, float(res.fun), res.status == 0
+    integral = milp(c, integrality=np.concatenate([np.zeros(nx), np.ones(k)]), bounds=bounds, constraints=cons,
+                    options={"time_limit": time_limit, "mip_rel_gap": 1e-6, "disp": False})
+    if integral.status == 2:
+        return Bound(np.inf, None, None, True, feasible=False, tightest=_tightest(d))
+    dual = getattr(integral, "mip_dual_bound", None)
+    if dual is not None and np.isfinite(dual) and dual > value:
+        value = float(dual)
+    if integral.x is not None and integral.status == 0:
+        best_x = integral.x
+    x = np.zeros((n, k))
+    x[pairs_i, pairs_t] = best_x[:nx]
+    return Bound(max(0.0, value), x, np.rint(best_x[nx:]), proven)
+
+
+def _tightest(d: Demands) -> str:
+    """Name the limit that fails when capped types (``local``) cannot hold the models.
+
+    Only models with no uncapped alternative count against a capped type.
+    """
+    ok = d.ok
+    uncapped = np.array([t.max_count is None for t in d.types])
+    stuck = ~(ok[:, uncapped].any(axis=1)) if uncapped.any() else np.ones(d.n, dtype=bool)
+    worst, text = -1.0, ""
+    for j, t in enumerate(d.types):
+        if t.max_count is None:
+            continue
+        have = t.devices * t.max_count
+        for dim, mat, cap in (("memory", d.mem, d.max_memory), ("compute", d.comp, d.max_compute)):
+            need = float(mat[stuck & ok[:, j], j].sum() / cap)
+            if need / have > worst:
+                worst = need / have
+                text = (f"{dim}: {int(stuck.sum())} models need {need:.2f} devices' worth of {dim} at "
+                        f"--max-{dim} {cap:g} but {t.name} has {have} device(s) (x{t.max_count} instance)")
+    if worst <= 1.0:
+        text += "; in total they fit, but not split into whole models per device"
+    return text

@@ -1,0 +1,80 @@
+"""Choose instances and place every model: minimise $/h under both per-device limits.
+
+Order of work: (1) the relaxation gives a proven lower bound and a fractional plan;
+(2) best-fit decreasing turns it, and each single-type plan, into whole devices;
+(3) improvement moves empty the lightest instances; (4) if the problem is small
+enough, the exact MILP proves the optimum (or tightens the bound) within the time
+limit. The report always carries the bound and the gap to it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from shoal.errors import UsageError
+from shoal.pack.bounds import lower_bound
+from shoal.pack.demand import Demands
+from shoal.pack.exact import MAX_ASSIGN_VARS, problem_size, solve_exact
+from shoal.pack.heuristic import guided, single_type
+from shoal.pack.improve import improve
+from shoal.pack.packing import Packing
+
+
+@dataclass
+class Result:
+    packing: Packing
+    cost: float
+    lower_bound: float
+    method: str
+    seconds: float
+    optimal: bool
+
+    @property
+    def gap(self) -> float:
+        return gap(self.cost, self.lower_bound)
+
+
+def gap(cost: float, bound: float) -> float:
+    if cost <= bound + 1e-9:
+        return 0.0
+    return (cost - bound) / bound if bound > 0 else float("inf")
+
+
+def solve(d: Demands, time_limit: float = 5.0, exact: bool = True, start: Packing | None = None) -> Result:
+    """Best packing found within ``time_limit`` seconds, with its lower bound.
+
+    ``start`` (a re-plan's sticky packing) is improved but never replaced by a fresh
+    heuristic plan, so placements survive; the exact solver is then skipped.
+    """
+    t0 = time.monotonic()
+    deadline = t0 + time_limit
+    homeless = [d.ids[i] for i in range(d.n) if not d.ok[i].any()]
+    if homeless:
+        raise UsageError(f"model {homeless[0]} fits on no device of the candidate types within the limits")
+    bound = lower_bound(d, time_limit=max(0.5, time_limit / 2))
+    if not bound.feasible:
+        raise UsageError(f"no plan meets the limits; tightest constraint: {bound.tightest}")
+    if start is None:
+        candidates = [guided(d, bound.x)] + [p for t in range(len(d.types)) if (p := single_type(d, t))]
+        best = min(candidates, key=lambda p: (p.cost(d), len(p.instances)))
+    else:
+        best = start
+    best = improve(d, best, deadline=min(deadline, time.monotonic() + max(0.5, time_limit / 3)))
+    lb, method, optimal = bound.value, "heuristic: relaxation-guided best-fit decreasing + improvement", False
+    cost = best.cost(d)
+    if start is None and exact and cost > lb + 1e-9 and problem_size(d, cost) <= MAX_ASSIGN_VARS:
+        remaining = deadline - time.monotonic()
+        if remaining > 0.2:
+            r = solve_exact(d, cost, remaining)
+            if r.packing is not None and r.packing.cost(d) < cost - 1e-9:
+                best, cost = r.packing, r.packing.cost(d)
+            lb = max(lb, min(r.bound, cost))
+            if r.optimal:
+                lb, optimal, method = cost, True, "exact: HiGHS MILP (optimal)"
+            else:
+                method = "exact: HiGHS MILP (time limit; best found)"
+    if cost <= lb + 1e-9:
+        optimal = True
+        lb = cost
+    return Result(best, cost, lb, method, time.monotonic() - t0, optimal)
