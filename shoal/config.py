@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     device: str = "cpu"
     threads: int | None = Field(None, description="torch intra-op threads (default: all cores of the slice)")
     executors: int = Field(1, description="forward-pass executor threads per device")
+    load_workers: int = Field(2, description="threads that fetch, verify and load models")
+    capacity: int | None = Field(None, description="requests one process works on at once (default executors x "
+                                                   "max batch); shoal_utilization = in-flight / capacity")
     memory_budget: str = Field("8GiB", description="resident weight budget before LRU eviction")
     preload: str = Field("all", description="all | none | N models loaded at start")
     max_batch_size: int | None = None

@@ -1,0 +1,35 @@
+"""The app factory: a FastAPI app around one Runtime, with no import-time state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from shoal.server.errors import install_error_handlers
+from shoal.server.routes import include_routes
+from shoal.server.runtime import Runtime
+
+DESCRIPTION = """Many models per process. Native `POST /predictions/{model_id}`, KServe v2 under `/v2`,
+SageMaker `POST /invocations`, model control under `/models`, Prometheus `/metrics`."""
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    """An app serving ``runtime``; preloading starts with the app and readiness follows it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(runtime.start())
+        try:
+            yield
+        finally:
+            task.cancel()
+            runtime.shutdown()
+
+    app = FastAPI(title="shoal", description=DESCRIPTION, version="1", lifespan=lifespan)
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    include_routes(app)
+    return app

@@ -1,0 +1,221 @@
+"""Dynamic batching per model and fair time-slicing of one device among many models.
+
+Each model has a queue (``ModelBatcher``). The ``Scheduler`` hands a batch to an
+executor thread whenever one is free, choosing the model whose oldest request has
+waited longest (so no model starves), and taking up to ``max_batch_size`` inputs
+from it. Batches form while the device is busy, so the device is never left idle
+to wait for batch-mates, except when a model is visibly receiving concurrent
+requests: then it may wait up to ``max_delay_ms`` to fill the batch (Triton's
+dynamic batcher, without its latency tax on sequential traffic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.server.errors import ApiError, DeadlineExceeded, InferenceFailed, Overloaded
+from shoal.server.executor import DeviceExecutor
+from shoal.server.handlers.base import Handler, StageTimes
+from shoal.server.metrics import ModelMetrics
+
+CONCURRENCY_ALPHA = 0.2  # weight of the newest sample in the per-model concurrency average
+
+
+@dataclass(eq=False, slots=True)
+class Pending:
+    """One request waiting for its batch; its future resolves to (results, json text or None)."""
+
+    inputs: list[Any]
+    single: bool
+    encode: bool
+    future: asyncio.Future
+    enqueued: float
+    timer: asyncio.TimerHandle | None = None
+    running: bool = False
+    queue_s: float = 0.0
+    times: StageTimes = field(default_factory=StageTimes)
+    batch_size: int = 0
+
+
+class ModelBatcher:
+    """The queue and batching parameters of one resident model."""
+
+    def __init__(self, model_id: str, handler: Handler, max_batch: int, max_delay_ms: float, max_queue: int,
+                 metrics: ModelMetrics) -> None:
+        self.model_id = model_id
+        self.handler = handler
+        self.max_batch = max(1, max_batch)
+        self.max_delay_s = max(0.0, max_delay_ms) / 1000.0
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.queue: deque[Pending] = deque()
+        self.queued_inputs = 0
+        self.outstanding = 0  # requests queued or running
+        self.concurrency = 0.0  # average number of other requests outstanding when one arrives
+        self.scheduled = False  # present in the scheduler's heap
+        self.timer: asyncio.TimerHandle | None = None  # waiting for batch-mates
+        self.force = False  # the wait is over: dispatch what is there
+
+
+class Scheduler:
+    """Shares one device's executor threads among every model's queue, oldest request first."""
+
+    def __init__(self, executor: DeviceExecutor, max_queue_total: int) -> None:
+        self.executor = executor
+        self.max_queue_total = max_queue_total
+        self.free = executor.executors
+        self.queued_total = 0
+        self.busy_s = 0.0
+        self._heap: list[tuple[float, int, ModelBatcher]] = []
+        self._seq = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def running(self) -> int:
+        return self.executor.executors - self.free
+
+    def submit(self, b: ModelBatcher, inputs: list[Any], single: bool, encode: bool, timeout_s: float) -> Pending:
+        """Queue a request (429 when a bound is hit); await ``pending.future`` for its results."""
+        n = len(inputs)
+        if b.queued_inputs + n > b.max_queue:
+            raise Overloaded(f"model {b.model_id} has {b.queued_inputs} inputs queued (limit {b.max_queue}); "
+                             "retry later")
+        if self.queued_total + n > self.max_queue_total:
+            raise Overloaded(f"server has {self.queued_total} inputs queued (limit {self.max_queue_total}); "
+                             "retry later")
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        p = Pending(inputs, single, encode, loop.create_future(), time.perf_counter())
+        p.timer = loop.call_later(timeout_s, self._expire, b, p, timeout_s)
+        b.concurrency += CONCURRENCY_ALPHA * (b.outstanding - b.concurrency)
+        b.queue.append(p)
+        b.queued_inputs += n
+        b.outstanding += 1
+        self.queued_total += n
+        if b.timer is not None and b.queued_inputs >= b.max_batch:
+            b.timer.cancel()
+            b.timer = None
+            b.force = True
+        if not b.scheduled and b.timer is None:
+            self._push(b)
+        if self.free:
+            self._pump()
+        return p
+
+    def _push(self, b: ModelBatcher) -> None:
+        heapq.heappush(self._heap, (b.queue[0].enqueued, next(self._seq), b))
+        b.scheduled = True
+
+    def _should_wait(self, b: ModelBatcher, now: float) -> bool:
+        return (b.max_delay_s > 0 and not b.force and b.queued_inputs < b.max_batch and b.concurrency >= 1.0
+                and now - b.queue[0].enqueued < b.max_delay_s)
+
+    def _pump(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = time.perf_counter()
+        while self.free > 0 and self._heap:
+            _, _, b = heapq.heappop(self._heap)
+            b.scheduled = False
+            if not b.queue:
+                continue
+            if self._should_wait(b, now):
+                b.timer = loop.call_later(b.max_delay_s - (now - b.queue[0].enqueued), self._wait_over, b)
+                continue
+            batch = self._take(b)
+            if b.queue:
+                self._push(b)
+            self.free -= 1
+            fut = self.executor.submit(_run_batch, b.handler, batch, b.max_batch)
+            fut.add_done_callback(lambda f, b=b, batch=batch: loop.call_soon_threadsafe(self._done, b, batch, f))
+
+    def _take(self, b: ModelBatcher) -> list[Pending]:
+        batch: list[Pending] = []
+        count = 0
+        while b.queue and (not batch or count + len(b.queue[0].inputs) <= b.max_batch):
+            p = b.queue.popleft()
+            p.running = True
+            count += len(p.inputs)
+            batch.append(p)
+        b.queued_inputs -= count
+        self.queued_total -= count
+        b.force = False
+        return batch
+
+    def _wait_over(self, b: ModelBatcher) -> None:
+        b.timer = None
+        b.force = True
+        if b.queue and not b.scheduled:
+            self._push(b)
+        self._pump()
+
+    def _expire(self, b: ModelBatcher, p: Pending, timeout_s: float) -> None:
+        if p.future.done():
+            return
+        if not p.running:
+            b.queue.remove(p)
+            b.queued_inputs -= len(p.inputs)
+            self.queued_total -= len(p.inputs)
+            b.outstanding -= 1
+        p.future.set_exception(DeadlineExceeded(f"model {b.model_id} gave no result within {timeout_s:g} s"))
+
+    def _done(self, b: ModelBatcher, batch: list[Pending], f: Any) -> None:
+        self.free += 1
+        b.outstanding -= len(batch)
+        exc = f.exception()
+        if exc is not None:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            for p in batch:
+                if p.timer:
+                    p.timer.cancel()
+                if not p.future.done():
+                    p.future.set_exception(InferenceFailed(f"model {b.model_id} failed on this batch: {reason}"))
+        else:
+            started, times, outs = f.result()
+            size = sum(len(p.inputs) for p in batch)
+            m = b.metrics
+            m.batch.observe(size)  # type: ignore[attr-defined]
+            m.preprocess.observe(times.preprocess_s)  # type: ignore[attr-defined]
+            m.inference.observe(times.inference_s)  # type: ignore[attr-defined]
+            m.postprocess.observe(times.postprocess_s)  # type: ignore[attr-defined]
+            self.busy_s += times.preprocess_s + times.inference_s + times.postprocess_s
+            for p, out in zip(batch, outs):
+                if p.timer:
+                    p.timer.cancel()
+                p.queue_s = max(0.0, started - p.enqueued)
+                p.times = times
+                p.batch_size = size
+                m.queue.observe(p.queue_s)  # type: ignore[attr-defined]
+                if p.future.done():
+                    continue
+                if isinstance(out, ApiError):
+                    p.future.set_exception(out)
+                else:
+                    p.future.set_result(out)
+        if self._heap:
+            self._pump()
+
+
+def _run_batch(handler: Handler, batch: list[Pending], chunk: int) -> tuple[float, StageTimes, list[Any]]:
+    """Executor thread: all stages for the batch, then each request's JSON (kept off the event loop)."""
+    started = time.perf_counter()
+    inputs = [x for p in batch for x in p.inputs]
+    results, times = handler.run(inputs, chunk)
+    outs: list[Any] = []
+    i = 0
+    for p in batch:
+        mine = results[i:i + len(p.inputs)]
+        i += len(p.inputs)
+        err = next((r for r in mine if isinstance(r, ApiError)), None)
+        if err is not None:
+            outs.append(err)
+        else:
+            outs.append((mine, json.dumps(mine[0] if p.single else mine) if p.encode else None))
+    return started, times, outs

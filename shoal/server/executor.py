@@ -1,0 +1,78 @@
+"""Device setup and the executor threads that run forward passes.
+
+One device per process. Its forwards run on ``executors`` threads, each with its own
+torch intra-op thread count (under OpenMP the count is per calling thread), so
+``--executors 2 --threads 1`` gives two concurrent single-threaded forwards and
+``--executors 1 --threads 2`` one forward using both cores. Models share the
+device by taking turns on these threads (time-slicing).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+from shoal.devices import Device
+from shoal.errors import MissingDependencyError
+from shoal.server.handlers.base import LoadContext
+
+
+def check_device(device: Device) -> None:
+    """Fail with one line when the device this process is pinned to does not exist here."""
+    if device.kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MissingDependencyError(f"device {device}: no CUDA device is visible to this process "
+                                         "(is this a GPU machine with the CUDA build of torch?)")
+    elif device.kind == "neuron":
+        if not any(importlib.util.find_spec(m) for m in ("torch_neuron", "torch_neuronx")):
+            raise MissingDependencyError(f"device {device}: needs torch-neuron (inf1) or torch-neuronx (inf2), "
+                                         "which are not installed; run on an Inferentia instance with the Neuron SDK")
+
+
+def device_cores(device: Device) -> int:
+    if device.cores:
+        return len(device.cores)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_per_executor(device: Device, executors: int, threads: int | None) -> int:
+    """Torch threads each executor uses: the setting, else the slice's cores shared among executors."""
+    if threads:
+        return threads
+    return max(1, device_cores(device) // max(1, executors))
+
+
+class DeviceExecutor:
+    """``executors`` threads that run batches for every model on this device."""
+
+    def __init__(self, device: Device, executors: int, threads: int) -> None:
+        self.device = device
+        self.executors = max(1, executors)
+        self.threads = threads
+        self.context = LoadContext(torch_device=device.torch_device, device_kind=device.kind)
+        self._pool = ThreadPoolExecutor(self.executors, thread_name_prefix="shoal-exec",
+                                        initializer=_set_torch_threads, initargs=(threads,))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        return self._pool.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def loader_pool(workers: int) -> ThreadPoolExecutor:
+    """Threads that fetch, verify and load artifacts, so a load never blocks the event loop or a forward."""
+    return ThreadPoolExecutor(max(1, workers), thread_name_prefix="shoal-load",
+                              initializer=_set_torch_threads, initargs=(1,))
+
+
+def _set_torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)

@@ -1,0 +1,117 @@
+"""The contract between the runtime and a model kind.
+
+The runtime owns queues, batching and threads; a handler only turns request bodies
+into inputs (on the event loop: validation only, no heavy work) and runs
+preprocess -> infer -> postprocess for a batch (on an executor thread).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shoal.server.errors import BadRequest
+from shoal.server.schemas import V2InferRequest
+from shoal.store.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a handler needs to know about the process it is loaded into."""
+
+    torch_device: str  # map_location, e.g. "cpu" or "cuda:0"
+    device_kind: str  # cpu | cuda | neuron
+
+
+@dataclass
+class Parsed:
+    """A request's inputs (one batch item each) and whether the client sent a single input."""
+
+    inputs: list[Any]
+    single: bool
+
+
+@dataclass
+class StageTimes:
+    preprocess_s: float = 0.0
+    inference_s: float = 0.0
+    postprocess_s: float = 0.0
+
+
+class Handler(ABC):
+    """One loaded model. Subclasses implement parsing, the three stages and the KServe v2 mapping."""
+
+    def __init__(self, manifest: Manifest, folder: Path, ctx: LoadContext) -> None:
+        self.manifest = manifest
+        self.folder = folder
+        self.ctx = ctx
+
+    # -- request side (event loop: cheap checks only) --
+    @abstractmethod
+    def parse(self, body: Any) -> Parsed:
+        """Validated inputs from a JSON body; Unprocessable naming the field otherwise."""
+
+    def from_query(self, params: Mapping[str, str]) -> Any:
+        """A JSON body built from query parameters (``GET /predictions/{id}?seq_0=...``)."""
+        raise BadRequest(f"model {self.manifest.id} takes no query-string requests: POST a JSON body")
+
+    @abstractmethod
+    def parse_v2(self, request: V2InferRequest) -> list[Any]:
+        """Inputs from a KServe v2 infer request."""
+
+    @abstractmethod
+    def to_v2(self, results: list[Any]) -> list[dict[str, Any]]:
+        """KServe v2 output tensors for ``results``."""
+
+    @abstractmethod
+    def v2_metadata(self) -> dict[str, Any]:
+        """``inputs`` and ``outputs`` tensor descriptions for ``GET /v2/models/{id}``."""
+
+    # -- batch side (executor thread) --
+    @property
+    def batch_limit(self) -> int:
+        """Largest batch one forward takes (static graphs: exactly this many rows)."""
+        return self.manifest.static_batch or 1 << 30
+
+    @abstractmethod
+    def preprocess(self, inputs: list[Any]) -> Any: ...
+
+    @abstractmethod
+    def infer(self, batch: Any) -> Any: ...
+
+    @abstractmethod
+    def postprocess(self, outputs: Any, batch: Any, inputs: list[Any]) -> list[Any]: ...
+
+    def run(self, inputs: list[Any], chunk: int) -> tuple[list[Any], StageTimes]:
+        """All three stages over ``inputs``, in forward-sized chunks; returns one result per input."""
+        times = StageTimes()
+        results: list[Any] = []
+        step = max(1, min(chunk, self.batch_limit))
+        for start in range(0, len(inputs), step):
+            part = inputs[start:start + step]
+            t0 = time.perf_counter()
+            batch = self.preprocess(part)
+            t1 = time.perf_counter()
+            out = self.infer(batch)
+            t2 = time.perf_counter()
+            results.extend(self.postprocess(out, batch, part))
+            t3 = time.perf_counter()
+            times.preprocess_s += t1 - t0
+            times.inference_s += t2 - t1
+            times.postprocess_s += t3 - t2
+        return results, times
+
+    @abstractmethod
+    def sample_inputs(self) -> list[Any]:
+        """A small valid input list, used to warm the graph up right after loading."""
+
+    def warmup(self) -> None:
+        """Run the graph once so the first user request does not pay for graph optimisation."""
+        self.run(self.sample_inputs(), 1 << 30)
+
+    def close(self) -> None:
+        """Drop references to weights so their memory can be returned."""

@@ -1,0 +1,241 @@
+"""Text models (BERT family, TorchScript or Neuron): classification, embedding, extractive QA.
+
+The graph takes (input_ids, attention_mask) int64 [B, L]; a batch is padded only to
+its longest sequence unless the graph is static (Neuron), then to static_batch x seq_len.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from shoal.server.errors import Unprocessable
+from shoal.server.handlers.base import Handler, LoadContext, Parsed
+from shoal.server.schemas import (QABatchRequest, QARequest, TextBatchRequest, TextRequest, V2InferRequest,
+                                  validate)
+from shoal.store.manifest import Manifest
+
+MAX_ANSWER_TOKENS = 30
+TOP_K = 20
+_NEURON_MODULES = {"neuron": "torch_neuron", "neuronx": "torch_neuronx"}
+
+
+def create(manifest: Manifest, folder: Path, ctx: LoadContext) -> "TextHandler":
+    return TextHandler(manifest, folder, ctx)
+
+
+def _check_device(manifest: Manifest, ctx: LoadContext) -> None:
+    """Refuse artifacts compiled for another processor, with the reason the registry reports."""
+    if manifest.format in _NEURON_MODULES:
+        if ctx.device_kind != "neuron":
+            raise RuntimeError(f"artifact compiled for {manifest.processor} (Neuron); this server runs on "
+                               f"{ctx.device_kind}")
+        importlib.import_module(_NEURON_MODULES[manifest.format])  # registers the Neuron ops with TorchScript
+    elif manifest.processor == "gpu" and ctx.device_kind != "cuda":
+        raise RuntimeError(f"artifact traced for gpu; this server runs on {ctx.device_kind}")
+
+
+class TextHandler(Handler):
+    def __init__(self, manifest: Manifest, folder: Path, ctx: LoadContext) -> None:
+        super().__init__(manifest, folder, ctx)
+        _check_device(manifest, ctx)
+        if manifest.tokenizer is None:
+            raise RuntimeError("text model has no tokenizer file in its manifest")
+        self.task = manifest.task
+        self.seq_len = manifest.seq_len or 512
+        self.tokenizer = Tokenizer.from_file(str(folder / manifest.tokenizer))
+        strategy = "only_second" if self.task == "question-answering" else "longest_first"
+        self.tokenizer.enable_truncation(self.seq_len, strategy=strategy)
+        pad_id = (self.tokenizer.padding or {}).get("pad_id", 0)
+        pad_token = (self.tokenizer.padding or {}).get("pad_token", "[PAD]")
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token,
+                                      length=self.seq_len if manifest.static_batch else None)
+        self.module = torch.jit.load(str(folder / manifest.artifact), map_location=ctx.torch_device)
+        self.module.eval()
+        self.labels = manifest.labels
+
+    # -- request side --
+    def parse(self, body: Any) -> Parsed:
+        if isinstance(body, dict) and "inputs" in body:
+            if self.task == "question-answering":
+                batch = validate(QABatchRequest, body)
+                return Parsed([(q.question, q.context) for q in batch.inputs], single=False)
+            return Parsed(list(validate(TextBatchRequest, body).inputs), single=False)
+        if self.task == "question-answering":
+            qa = validate(QARequest, body)
+            return Parsed([(qa.question, qa.context)], single=True)
+        req = validate(TextRequest, body)
+        return Parsed([req.text if req.text_pair is None else (req.text, req.text_pair)], single=True)
+
+    def from_query(self, params: Mapping[str, str]) -> Any:
+        """The reference sample's ``?seq_0=...&seq_1=...``: a sentence (pair) or question + context."""
+        if "seq_0" not in params:
+            raise Unprocessable("seq_0: query parameter required")
+        if self.task == "question-answering":
+            if "seq_1" not in params:
+                raise Unprocessable("seq_1: query parameter required (the context)")
+            return {"question": params["seq_0"], "context": params["seq_1"]}
+        body: dict[str, str] = {"text": params["seq_0"]}
+        if "seq_1" in params:
+            body["text_pair"] = params["seq_1"]
+        return body
+
+    def parse_v2(self, request: V2InferRequest) -> list[Any]:
+        tensors = {t.name: t for t in request.inputs}
+        names = ("question", "context") if self.task == "question-answering" else ("text",)
+        columns = []
+        for name in names:
+            tensor = tensors.get(name) or (request.inputs[0] if len(names) == 1 else None)
+            if tensor is None:
+                raise Unprocessable(f"inputs: a BYTES tensor named {name!r} is required")
+            if tensor.datatype != "BYTES" or not all(isinstance(v, str) for v in tensor.data):
+                raise Unprocessable(f"inputs.{tensor.name}: datatype must be BYTES with string data")
+            columns.append(list(tensor.data))
+        if len({len(c) for c in columns}) != 1 or not columns[0]:
+            raise Unprocessable("inputs: tensors must hold the same, non-zero number of elements")
+        if len(columns[0]) > 256:
+            raise Unprocessable("inputs: at most 256 elements per request")
+        return list(zip(*columns)) if len(columns) == 2 else columns[0]
+
+    def to_v2(self, results: list[Any]) -> list[dict[str, Any]]:
+        n = len(results)
+        if self.task == "embedding":
+            dim = len(results[0]["embedding"])
+            flat = [x for r in results for x in r["embedding"]]
+            return [{"name": "embedding", "datatype": "FP32", "shape": [n, dim], "data": flat}]
+        if self.task == "classification":
+            names = list(results[0]["scores"])
+            flat = [r["scores"][k] for r in results for k in names]
+            return [{"name": "label", "datatype": "BYTES", "shape": [n], "data": [r["label"] for r in results]},
+                    {"name": "scores", "datatype": "FP32", "shape": [n, len(names)], "data": flat}]
+        return [{"name": "answer", "datatype": "BYTES", "shape": [n], "data": [r["answer"] for r in results]},
+                {"name": "score", "datatype": "FP32", "shape": [n], "data": [r["score"] for r in results]},
+                {"name": "start", "datatype": "INT64", "shape": [n], "data": [r["start"] for r in results]},
+                {"name": "end", "datatype": "INT64", "shape": [n], "data": [r["end"] for r in results]}]
+
+    def v2_metadata(self) -> dict[str, Any]:
+        return v2_metadata(self.manifest)
+
+    def sample_inputs(self) -> list[Any]:
+        if self.task == "question-answering":
+            return [("What was warmed up?", "The model was warmed up before serving.")]
+        return ["The model was warmed up before serving."]
+
+    # -- batch side --
+    def preprocess(self, inputs: list[Any]) -> Any:
+        failures: dict[int, str] = {}
+        try:
+            encodings = self.tokenizer.encode_batch(inputs)
+        except Exception:  # one bad input (e.g. a question longer than seq_len) must not fail its batch-mates
+            encodings = []
+            for i, item in enumerate(inputs):
+                try:
+                    encodings.append(self._encode_one(item))
+                except Exception as exc:
+                    failures[i] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    encodings.append(self._encode_one(self.sample_inputs()[0]))
+            encodings = _pad(encodings, self.tokenizer)
+        rows = self.manifest.static_batch or len(encodings)
+        width = len(encodings[0].ids)
+        ids = np.zeros((rows, width), dtype=np.int64)
+        mask = np.zeros((rows, width), dtype=np.int64)
+        for i, enc in enumerate(encodings):
+            ids[i] = enc.ids
+            mask[i] = enc.attention_mask
+        if rows > len(encodings):  # static graph: padding rows still need one real token
+            ids[len(encodings):, 0] = ids[0, 0]
+            mask[len(encodings):, 0] = 1
+        return torch.from_numpy(ids), torch.from_numpy(mask), encodings, failures
+
+    def _encode_one(self, item: Any) -> Any:
+        return self.tokenizer.encode(*item) if isinstance(item, tuple) else self.tokenizer.encode(item)
+
+    def infer(self, batch: Any) -> Any:
+        ids, mask = batch[0], batch[1]
+        device = self.ctx.torch_device
+        with torch.inference_mode():
+            out = self.module(ids.to(device), mask.to(device))
+        if isinstance(out, (tuple, list)):
+            return tuple(o.float().cpu().numpy() for o in out)
+        return out.float().cpu().numpy()
+
+    def postprocess(self, outputs: Any, batch: Any, inputs: list[Any]) -> list[Any]:
+        n = len(inputs)
+        results: list[Any]
+        if self.task == "embedding":
+            results = [{"embedding": row.tolist()} for row in outputs[:n]]
+        elif self.task == "classification":
+            results = _classify(outputs[:n], self.labels)
+        else:
+            start, end = outputs
+            results = [_answer(start[i], end[i], batch[2][i], inputs[i][1]) for i in range(n)]
+        for i, reason in batch[3].items():
+            results[i] = Unprocessable(f"input {i} cannot be tokenized: {reason}")
+        return results
+
+
+def v2_metadata(manifest: Manifest) -> dict[str, Any]:
+    """KServe v2 tensor descriptions, known from the manifest alone (no load needed)."""
+    if manifest.task == "question-answering":
+        inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in ("question", "context")]
+        outputs = [{"name": "answer", "datatype": "BYTES", "shape": [-1]},
+                   {"name": "score", "datatype": "FP32", "shape": [-1]},
+                   {"name": "start", "datatype": "INT64", "shape": [-1]},
+                   {"name": "end", "datatype": "INT64", "shape": [-1]}]
+    elif manifest.task == "classification":
+        inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                   {"name": "scores", "datatype": "FP32", "shape": [-1, len(manifest.labels or [])]}]
+    else:
+        inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        outputs = [{"name": "embedding", "datatype": "FP32", "shape": [-1, -1]}]
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def _classify(logits: np.ndarray, labels: list[str] | None) -> list[dict[str, Any]]:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(axis=1, keepdims=True)
+    names = labels if labels and len(labels) == logits.shape[1] else [f"LABEL_{i}" for i in range(logits.shape[1])]
+    out = []
+    for row in probs.tolist():
+        best = max(range(len(row)), key=row.__getitem__)
+        out.append({"label": names[best], "score": row[best], "scores": dict(zip(names, row))})
+    return out
+
+
+def _answer(start: np.ndarray, end: np.ndarray, enc: Any, context: str) -> dict[str, Any]:
+    """Best span with start <= end inside the context and at most MAX_ANSWER_TOKENS tokens."""
+    ctx_idx = np.array([i for i, s in enumerate(enc.sequence_ids) if s == 1], dtype=np.int64)
+    if ctx_idx.size == 0:
+        return {"answer": "", "score": 0.0, "start": 0, "end": 0}
+    s_logits, e_logits = start[ctx_idx], end[ctx_idx]
+    s_prob = np.exp(s_logits - s_logits.max())
+    s_prob /= s_prob.sum()
+    e_prob = np.exp(e_logits - e_logits.max())
+    e_prob /= e_prob.sum()
+    k = min(TOP_K, ctx_idx.size)
+    best, best_score = (0, 0), -1.0
+    top_end = np.argsort(-e_prob)[:k]
+    for i in np.argsort(-s_prob)[:k]:
+        for j in top_end:
+            if i <= j < i + MAX_ANSWER_TOKENS and s_prob[i] * e_prob[j] > best_score:
+                best, best_score = (int(i), int(j)), float(s_prob[i] * e_prob[j])
+    char_start = enc.offsets[ctx_idx[best[0]]][0]
+    char_end = enc.offsets[ctx_idx[best[1]]][1]
+    return {"answer": context[char_start:char_end], "score": best_score, "start": char_start, "end": char_end}
+
+
+def _pad(encodings: list[Any], tokenizer: Tokenizer) -> list[Any]:
+    """Pad individually encoded inputs to a common length (what encode_batch does for a batch)."""
+    padding = tokenizer.padding or {}
+    length = padding.get("length") or max(len(e.ids) for e in encodings)
+    for enc in encodings:
+        enc.pad(length, pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]"))
+    return encodings

@@ -1,0 +1,269 @@
+"""The catalog (every model this server may serve) and the resident set (models loaded now).
+
+Loads happen on first request (or at preload) in loader threads, never on the event
+loop; concurrent first requests share one load (single-flight). A memory budget is
+kept by evicting the least recently used idle model; a model with requests in
+flight is never evicted. A model that fails to load is ``failed`` with its reason
+until someone asks to load it again; the others keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
+
+from shoal.ids import is_valid_model_id
+from shoal.server.batcher import ModelBatcher
+from shoal.server.errors import BadRequest, Conflict, NotFound, Unavailable
+from shoal.server.handlers import Handler, LoadContext, create_handler
+from shoal.server.metrics import Metrics
+from shoal.store.base import ModelStore
+from shoal.store.manifest import Manifest
+
+
+class State(str, Enum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class BatchDefaults:
+    """Overrides of the manifest's batching (None: keep the manifest's)."""
+
+    max_batch_size: int | None
+    max_delay_ms: float | None
+    max_queue_per_model: int
+
+
+@dataclass(eq=False)
+class ModelEntry:
+    id: str
+    state: State = State.UNLOADED
+    manifest: Manifest | None = None
+    handler: Handler | None = None
+    batcher: ModelBatcher | None = None
+    reason: str | None = None
+    bytes: int = 0
+    last_used: float = 0.0  # monotonic, for LRU
+    last_used_wall: float | None = None
+    load_ms: float | None = None
+    loads: int = 0
+    inflight: int = 0
+    loading: asyncio.Future | None = None
+
+
+def model_cost(manifest: Manifest) -> int:
+    """Bytes a model counts against the budget: its measured resident size, at least its artifact file."""
+    artifact = manifest.files.get(manifest.artifact)
+    measured = manifest.profile.resident_bytes if manifest.profile else 0
+    return max(measured, artifact.size if artifact else 0) or manifest.total_bytes
+
+
+class Registry:
+    def __init__(self, store: ModelStore, catalog: list[str] | None, budget_bytes: int, ctx: LoadContext,
+                 loader: ThreadPoolExecutor, metrics: Metrics, batching: BatchDefaults) -> None:
+        self.store = store
+        self.open_catalog = catalog is None  # serve whatever the store holds, discovering new ids on demand
+        self.entries: dict[str, ModelEntry] = {i: ModelEntry(i) for i in (catalog or [])}
+        self.budget = budget_bytes
+        self.ctx = ctx
+        self.loader = loader
+        self.metrics = metrics
+        self.batching = batching
+        self.resident_bytes = 0
+        self.reserved_bytes = 0
+        self.inflight = 0
+        self._released = asyncio.Event()
+
+    # -- lookups --
+    async def entry(self, model_id: str) -> ModelEntry:
+        """The catalog entry; 400 for an id that can never be valid, 404 for one we do not serve."""
+        e = self.entries.get(model_id)
+        if e is not None:
+            return e
+        if not is_valid_model_id(model_id):
+            raise BadRequest(f"invalid model id {model_id[:140]!r}: use letters, digits, '.', '_' or '-'")
+        if self.open_catalog and await self.run_io(self.store.exists, model_id):
+            return self.entries.setdefault(model_id, ModelEntry(model_id))
+        raise NotFound(f"model {model_id!r} is not served here: GET /models lists the models of this server")
+
+    async def acquire(self, model_id: str) -> ModelEntry:
+        """A ready entry with one more request in flight (call ``release`` after); loads it if needed."""
+        e = await self.entry(model_id)
+        missed = False
+        while True:
+            if e.state is State.READY:
+                mm = self.metrics.model(e.id)
+                (mm.misses if missed else mm.hits).inc()  # type: ignore[attr-defined]
+                e.inflight += 1
+                self.inflight += 1
+                e.last_used = time.monotonic()
+                return e
+            if e.state is State.FAILED:
+                raise Unavailable(f"model {e.id} failed to load: {e.reason}")
+            missed = True
+            await self.load(e)
+
+    def release(self, e: ModelEntry) -> None:
+        e.inflight -= 1
+        self.inflight -= 1
+        e.last_used = time.monotonic()
+        e.last_used_wall = time.time()
+        if e.inflight == 0:
+            self._released.set()
+
+    # -- loading --
+    async def load(self, e: ModelEntry, retry_failed: bool = False) -> None:
+        """Make ``e`` ready (or failed). Concurrent callers share one load."""
+        if e.state is State.FAILED and retry_failed:
+            e.state, e.reason = State.UNLOADED, None
+        if e.state in (State.READY, State.FAILED):
+            return
+        if e.loading is None:
+            e.loading = asyncio.get_running_loop().create_future()
+            e.state = State.LOADING
+            asyncio.get_running_loop().create_task(self._load(e, e.loading))
+        await asyncio.shield(e.loading)
+
+    async def _load(self, e: ModelEntry, done: asyncio.Future) -> None:
+        start = time.perf_counter()
+        reserved = 0
+        try:
+            manifest = e.manifest or await self.run_io(self.store.read_manifest, e.id)
+            e.manifest = manifest
+            cost = model_cost(manifest)
+            if cost > self.budget:
+                raise RuntimeError(f"needs {cost} bytes, more than the whole memory budget of {self.budget} bytes")
+            await self._make_room(e, cost)
+            self.reserved_bytes += cost
+            reserved = cost
+            handler = await self.run_io(self._load_handler, e.id, manifest)
+            e.handler, e.bytes, e.state, e.reason = handler, cost, State.READY, None
+            e.batcher = self._batcher(e, handler, manifest)
+            self.resident_bytes += cost
+            e.load_ms = (time.perf_counter() - start) * 1000
+            e.loads += 1
+            e.last_used = time.monotonic()
+            self.metrics.model(e.id).load.observe(e.load_ms / 1000)  # type: ignore[attr-defined]
+            self.metrics.loads.labels(self.metrics.label(e.id), "ok").inc()
+        except _BudgetBusy as exc:
+            e.state = State.UNLOADED  # not the model's fault: the next request tries again
+            done.set_exception(Unavailable(str(exc), retry_after_s=1))
+        except Exception as exc:  # any load error marks only this model failed
+            e.state, e.reason = State.FAILED, _one_line(exc)
+            self.metrics.loads.labels(self.metrics.label(e.id), "failed").inc()
+        finally:
+            self.reserved_bytes -= reserved
+            e.loading = None
+            if not done.done():
+                done.set_result(None)
+            else:
+                done.exception()  # mark retrieved: waiters may all have gone
+
+    def _load_handler(self, model_id: str, manifest: Manifest) -> Handler:
+        folder = self.store.fetch(model_id)  # every file verified against the manifest's sha256
+        handler = create_handler(manifest, folder, self.ctx)
+        handler.warmup()
+        return handler
+
+    def _batcher(self, e: ModelEntry, handler: Handler, manifest: Manifest) -> ModelBatcher:
+        b = self.batching
+        max_batch = b.max_batch_size or manifest.batching.max_batch_size
+        if manifest.static_batch:
+            max_batch = min(max_batch, manifest.static_batch)
+        delay = b.max_delay_ms if b.max_delay_ms is not None else manifest.batching.max_delay_ms
+        return ModelBatcher(e.id, handler, max_batch, delay, b.max_queue_per_model, self.metrics.model(e.id))
+
+    async def _make_room(self, loading: ModelEntry, cost: int) -> None:
+        """Evict idle models, least recently used first, until ``cost`` fits; wait while all are busy."""
+        deadline = time.monotonic() + 10.0
+        while self.resident_bytes + self.reserved_bytes + cost > self.budget:
+            idle = [x for x in self.entries.values() if x.state is State.READY and x.inflight == 0 and x is not loading]
+            if idle:
+                self.evict(min(idle, key=lambda x: x.last_used))
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _BudgetBusy(f"model {loading.id} cannot load: the memory budget is held by models with "
+                                  "requests in flight; retry shortly")
+            self._released.clear()
+            try:
+                await asyncio.wait_for(self._released.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def evict(self, e: ModelEntry) -> None:
+        """Drop a resident, idle model (its weights are freed with the last reference)."""
+        if e.state is not State.READY:
+            return
+        if e.inflight:
+            raise Conflict(f"model {e.id} has {e.inflight} requests in flight; retry when they finish")
+        handler = e.handler
+        e.handler, e.batcher, e.state = None, None, State.UNLOADED
+        self.resident_bytes -= e.bytes
+        e.bytes = 0
+        self.metrics.model(e.id).evictions.inc()  # type: ignore[attr-defined]
+        if handler is not None:
+            handler.close()
+        del handler
+        self.loader.submit(_trim_heap)
+
+    async def read_manifests(self) -> None:
+        """Read every catalog manifest (kind, task, size for listings); an unreadable one marks the model failed."""
+        async def one(e: ModelEntry) -> None:
+            try:
+                e.manifest = await self.run_io(self.store.read_manifest, e.id)  # type: ignore[assignment]
+            except Exception as exc:
+                e.state, e.reason = State.FAILED, _one_line(exc)
+
+        await asyncio.gather(*(one(e) for e in list(self.entries.values()) if e.manifest is None))
+
+    # -- preload --
+    async def preload(self, count: int | None) -> None:
+        """Load the first ``count`` catalog models (None: all) while they fit without eviction."""
+        ids = list(self.entries)[: (len(self.entries) if count is None else count)]
+        for model_id in ids:
+            e = self.entries[model_id]
+            try:
+                manifest = e.manifest or await self.run_io(self.store.read_manifest, model_id)
+            except Exception as exc:
+                e.state, e.reason = State.FAILED, _one_line(exc)
+                continue
+            e.manifest = manifest
+            if self.resident_bytes + self.reserved_bytes + model_cost(manifest) > self.budget:
+                break
+            try:
+                await self.load(e)
+            except Exception:
+                continue
+
+    async def run_io(self, fn: Callable, *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self.loader, fn, *args)
+
+    @property
+    def resident_count(self) -> int:
+        return sum(1 for e in self.entries.values() if e.state is State.READY)
+
+
+class _BudgetBusy(Exception):
+    pass
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _trim_heap() -> None:
+    """Give freed weight memory back to the OS (glibc keeps it otherwise), so RSS tracks the resident set."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

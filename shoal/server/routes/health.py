@@ -1,0 +1,36 @@
+"""Cheap liveness/readiness probes and the Prometheus scrape endpoint."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shoal.server.routes.common import json_response, runtime_of
+
+router = APIRouter(tags=["health"])
+_OK = b'{"status":"ok"}'
+
+
+@router.get("/ping", summary="SageMaker health check (a no-op)")
+async def ping() -> Response:
+    return Response(_OK, media_type="application/json")
+
+
+@router.get("/v2/health/live", summary="KServe v2 liveness (a no-op)")
+async def live() -> Response:
+    return Response(_OK, media_type="application/json")
+
+
+@router.get("/v2/health/ready", summary="KServe v2 readiness: 200 once preloading is done")
+async def ready(request: Request) -> Response:
+    rt = runtime_of(request)
+    if rt.ready:
+        return Response(b'{"ready":true}', media_type="application/json")
+    return json_response({"ready": False, "reason": "preloading models"}, status=503,
+                         headers={"Retry-After": "1"})
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    return Response(runtime_of(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

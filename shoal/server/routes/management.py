@@ -1,0 +1,66 @@
+"""Model control: list, load, unload. Guarded by ``Authorization: Bearer`` when a token is configured."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import APIRouter, Depends
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shoal.server.errors import Unauthorized, Unavailable
+from shoal.server.registry import ModelEntry, State
+from shoal.server.routes.common import json_response, runtime_of
+from shoal.server.schemas import ModelInfo, ModelList
+
+
+def require_token(request: Request) -> None:
+    token = runtime_of(request).settings.token
+    if not token:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise Unauthorized("this route needs the header Authorization: Bearer <token> (the server's --token)")
+
+
+router = APIRouter(prefix="/models", tags=["management"], dependencies=[Depends(require_token)])
+
+
+def info(e: ModelEntry) -> dict:
+    m = e.manifest
+    return ModelInfo(id=e.id, state=e.state.value, kind=m.kind if m else None, task=m.task if m else None,
+                     precision=m.precision if m else None, bytes=e.bytes, last_used=e.last_used_wall,
+                     load_ms=round(e.load_ms, 2) if e.load_ms is not None else None, loads=e.loads,
+                     inflight=e.inflight, reason=e.reason).model_dump()
+
+
+@router.get("", summary="Every model of this server: state, bytes, last use, load time", response_model=ModelList)
+async def list_models(request: Request) -> Response:
+    reg = runtime_of(request).registry
+    return json_response({"models": [info(e) for e in reg.entries.values()], "resident_bytes": reg.resident_bytes,
+                          "budget_bytes": reg.budget})
+
+
+@router.get("/{model_id}", summary="One model's state", response_model=ModelInfo)
+async def get_model(model_id: str, request: Request) -> Response:
+    return json_response(info(await runtime_of(request).registry.entry(model_id)))
+
+
+@router.post("/{model_id}/load", summary="Load a model now (retries a failed one)", response_model=ModelInfo)
+async def load_model(model_id: str, request: Request) -> Response:
+    reg = runtime_of(request).registry
+    e = await reg.entry(model_id)
+    await reg.load(e, retry_failed=True)
+    if e.state is State.FAILED:
+        raise Unavailable(f"model {e.id} failed to load: {e.reason}")
+    return json_response(info(e))
+
+
+@router.delete("/{model_id}", summary="Unload a model (409 while it has requests in flight)",
+               response_model=ModelInfo)
+async def unload_model(model_id: str, request: Request) -> Response:
+    reg = runtime_of(request).registry
+    e = await reg.entry(model_id)
+    reg.evict(e)
+    return json_response(info(e))

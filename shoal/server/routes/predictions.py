@@ -1,0 +1,35 @@
+"""The native protocol: ``POST /predictions/{id}`` (JSON) and ``GET /predictions/{id}?seq_0=...``."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shoal.server.body import read_json
+from shoal.server.routes.common import prediction_response, runtime_of
+from shoal.server.schemas import (PredictionResponse, QABatchRequest, QARequest, TextBatchRequest, TextRequest,
+                                  body_schema)
+
+router = APIRouter(tags=["predictions"])
+_BODY = body_schema(TextRequest, TextBatchRequest, QARequest, QABatchRequest)
+
+
+@router.post("/predictions/{model_id}", summary="Predict with one model", response_model=PredictionResponse,
+             openapi_extra=_BODY)
+async def predict(model_id: str, request: Request) -> Response:
+    received = time.perf_counter()
+    rt = runtime_of(request)
+    body = await read_json(request, rt.settings.max_body_bytes)
+    return prediction_response(model_id, await rt.infer(model_id, body, received=received))
+
+
+@router.get("/predictions/{model_id}", summary="Predict from query parameters (seq_0, seq_1)",
+            response_model=PredictionResponse)
+async def predict_query(model_id: str, request: Request) -> Response:
+    received = time.perf_counter()
+    rt = runtime_of(request)
+    out = await rt.infer(model_id, dict(request.query_params), parse="query", received=received)
+    return prediction_response(model_id, out)

@@ -1,0 +1,30 @@
+"""SageMaker multi-model endpoint contract: ``POST /invocations`` + ``X-Amzn-SageMaker-Target-Model``."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shoal.server.body import read_json
+from shoal.server.errors import BadRequest
+from shoal.server.routes.common import prediction_response, runtime_of
+from shoal.server.schemas import PredictionResponse
+
+router = APIRouter(tags=["sagemaker"])
+TARGET_HEADER = "x-amzn-sagemaker-target-model"
+
+
+@router.post("/invocations", summary="Predict with the model named by X-Amzn-SageMaker-Target-Model",
+             response_model=PredictionResponse)
+async def invocations(request: Request) -> Response:
+    received = time.perf_counter()
+    target = request.headers.get(TARGET_HEADER)
+    if not target:
+        raise BadRequest("header X-Amzn-SageMaker-Target-Model is required: it names the model to invoke")
+    model_id = target.removesuffix(".tar.gz")
+    rt = runtime_of(request)
+    body = await read_json(request, rt.settings.max_body_bytes)
+    return prediction_response(model_id, await rt.infer(model_id, body, received=received))

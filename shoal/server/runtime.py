@@ -1,0 +1,138 @@
+"""The runtime object a server process holds: settings, registry, scheduler, metrics, and the data plane.
+
+Routes stay thin: they read the body and call ``Runtime.infer``, which acquires the
+model (loading it if needed), validates the inputs, queues them for a batch, waits
+for the result within the request deadline, and accounts metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from shoal.config import Settings, parse_bytes
+from shoal.devices import Device
+from shoal.server.batcher import Pending, Scheduler
+from shoal.server.errors import ApiError
+from shoal.server.executor import DeviceExecutor, loader_pool, threads_per_executor
+from shoal.server.handlers.base import Handler, Parsed
+from shoal.server.metrics import Metrics
+from shoal.server.registry import BatchDefaults, ModelEntry, Registry
+from shoal.store import store_from_settings
+from shoal.store.base import ModelStore
+
+UNKNOWN = "_unknown_"
+
+
+@dataclass
+class Outcome:
+    """What a route needs to answer: the results, their JSON (native protocol) and the timings."""
+
+    entry: ModelEntry
+    handler: Handler
+    results: list[Any]
+    json: str | None
+    single: bool
+    timings: dict[str, float]
+
+
+class Runtime:
+    def __init__(self, settings: Settings, device: Device, catalog: list[str] | None,
+                 store: ModelStore | None = None) -> None:
+        self.settings = settings
+        self.device = device
+        self.store = store or store_from_settings(settings)
+        threads = threads_per_executor(device, settings.executors, settings.threads)
+        self.executor = DeviceExecutor(device, settings.executors, threads)
+        self.loader = loader_pool(settings.load_workers)
+        self.scheduler = Scheduler(self.executor, settings.max_queue_total)
+        size = len(catalog) if catalog is not None else len(self.store.list_ids())
+        self.metrics = Metrics(size, settings.per_model_metrics_limit)
+        batching = BatchDefaults(settings.max_batch_size, settings.max_delay_ms, settings.max_queue_per_model)
+        self.registry = Registry(self.store, catalog if catalog is not None else self.store.list_ids(),
+                                 parse_bytes(settings.memory_budget), self.executor.context, self.loader,
+                                 self.metrics, batching)
+        self.registry.open_catalog = catalog is None
+        self.capacity = settings.capacity or self.executor.executors * (settings.max_batch_size or 8)
+        self.ready = False
+        self.started = time.time()
+        self._gauges()
+
+    def _gauges(self) -> None:
+        reg, sch = self.registry, self.scheduler
+        self.metrics.gauges(
+            shoal_utilization=("In-flight requests / capacity: the autoscaling signal",
+                               lambda: reg.inflight / self.capacity),
+            shoal_inflight_requests=("Requests being served now", lambda: reg.inflight),
+            shoal_capacity=("Requests this process works on at once (executors x max batch)",
+                            lambda: self.capacity),
+            shoal_queue_depth=("Inputs queued for a batch, all models", lambda: sch.queued_total),
+            shoal_executors_busy=("Executor threads running a batch now", lambda: sch.running),
+            shoal_device_busy_seconds=("Seconds executor threads spent running batches (a counter)",
+                                       lambda: sch.busy_s),
+            shoal_models_catalog=("Models this server may serve", lambda: len(reg.entries)),
+            shoal_models_resident=("Models loaded now", lambda: reg.resident_count),
+            shoal_resident_bytes=("Bytes of resident models (as counted against the budget)",
+                                  lambda: reg.resident_bytes),
+            shoal_memory_budget_bytes=("The resident-bytes budget", lambda: reg.budget),
+        )
+
+    async def start(self) -> None:
+        """Preload in the background; readiness flips when preloading is done."""
+        text = self.settings.preload.strip().lower()
+        count = None if text == "all" else 0 if text == "none" else int(text)
+        try:
+            await self.registry.read_manifests()
+            if count != 0:
+                await self.registry.preload(count)
+        finally:
+            self.ready = True
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()
+        self.loader.shutdown(wait=False, cancel_futures=True)
+
+    def label(self, model_id: str) -> str:
+        return model_id if model_id in self.registry.entries else UNKNOWN
+
+    async def infer(self, model_id: str, body: Any, *, parse: str = "json", encode: bool = True,
+                    received: float | None = None) -> Outcome:
+        """Run one request end to end. ``parse``: json | query | v2 (how to read ``body``)."""
+        t0 = received or time.perf_counter()
+        status = 200
+        try:
+            entry = await self.registry.acquire(model_id)
+            try:
+                handler = entry.handler
+                assert handler is not None and entry.batcher is not None
+                parsed = _parse(handler, body, parse)
+                pending = self.scheduler.submit(entry.batcher, parsed.inputs, parsed.single, encode,
+                                                self.settings.request_timeout_s)
+                results, text = await pending.future
+            finally:
+                self.registry.release(entry)
+        except ApiError as exc:
+            status = exc.status
+            raise
+        finally:
+            self.metrics.count(self.label(model_id), status)
+        total = time.perf_counter() - t0
+        self.metrics.model(model_id).request.observe(total)  # type: ignore[attr-defined]
+        return Outcome(entry, handler, results, text, parsed.single, _timings(pending, total))
+
+
+def _parse(handler: Handler, body: Any, how: str) -> Parsed:
+    if how == "query":
+        return handler.parse(handler.from_query(body))
+    if how == "v2":
+        return Parsed(handler.parse_v2(body), single=False)
+    return handler.parse(body)
+
+
+def _timings(p: Pending, total_s: float) -> dict[str, float]:
+    t = p.times
+    return {"queue_ms": round(p.queue_s * 1000, 3), "preprocess_ms": round(t.preprocess_s * 1000, 3),
+            "inference_ms": round(t.inference_s * 1000, 3), "postprocess_ms": round(t.postprocess_s * 1000, 3),
+            "total_ms": round(total_s * 1000, 3), "batch_size": p.batch_size}
+

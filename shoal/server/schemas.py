@@ -1,0 +1,125 @@
+"""Request and response shapes: validation with field-naming errors, and the OpenAPI at /docs.
+
+Bodies are parsed by hand (``body.read_json``) for speed and size caps, then
+checked against these models, so a wrong type answers 422 naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shoal.server.errors import Unprocessable
+
+MAX_INPUTS = 256
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextRequest(_Strict):
+    text: str = Field(description="one text to classify or embed")
+    text_pair: str | None = Field(None, description="optional second sequence (sentence-pair models)")
+
+
+class TextBatchRequest(_Strict):
+    inputs: list[str] = Field(min_length=1, max_length=MAX_INPUTS, description="a client-side batch of texts")
+
+
+class QARequest(_Strict):
+    question: str
+    context: str
+
+
+class QABatchRequest(_Strict):
+    inputs: list[QARequest] = Field(min_length=1, max_length=MAX_INPUTS)
+
+
+class Timings(BaseModel):
+    queue_ms: float
+    preprocess_ms: float
+    inference_ms: float
+    postprocess_ms: float
+    total_ms: float
+
+
+class PredictionResponse(BaseModel):
+    model_id: str
+    prediction: Any | None = Field(None, description="single input: the prediction")
+    predictions: list[Any] | None = Field(None, description="`inputs` batch: one prediction per input")
+    timings: Timings
+
+
+class V2Tensor(_Strict):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(_Strict):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2Tensor] = Field(min_length=1)
+    outputs: list[dict[str, Any]] | None = None
+
+
+class ModelInfo(BaseModel):
+    id: str
+    state: str
+    kind: str | None = None
+    task: str | None = None
+    precision: str | None = None
+    bytes: int = 0
+    last_used: float | None = Field(None, description="unix time of the last request")
+    load_ms: float | None = None
+    loads: int = 0
+    inflight: int = 0
+    reason: str | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    resident_bytes: int
+    budget_bytes: int
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``model`` built from ``data``, or 422 naming the first bad field."""
+    if not isinstance(data, dict):
+        raise Unprocessable(f"body must be a JSON object, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        raise Unprocessable(f"{loc}: {err['msg']}") from None
+
+
+def body_schema(*models: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose body is read by hand: documents the accepted shapes."""
+    schemas = [_inline(m.model_json_schema()) for m in models]
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": schemas}}}}}
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """Replace local ``$defs`` references so the schema stands alone inside the OpenAPI document."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.rsplit("/", 1)[1]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
