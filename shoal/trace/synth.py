@@ -1,5 +1,9 @@
 """Synthesise N unique models from a traced base: seeded small perturbations plus a fresh head.
 
+Only vectors (biases, LayerNorm) are perturbed, plus the head's fresh weights: that
+keeps each copy within a hair of the base's behaviour and costs milliseconds, not
+seconds, per model.
+
 This stands in for a fleet of customers' fine-tuned models: every copy has distinct
 weights and a distinct sha256, and inherits the base's measured profile (same
 architecture, same shapes, so the same cost).
@@ -74,6 +78,8 @@ def _perturb(module: torch.jit.ScriptModule, originals: dict[str, torch.Tensor],
             fresh = torch.randn(base.shape, generator=generator) * 0.02  # a newly initialised head
             param.copy_(fresh.to(base.dtype))
             continue
+        if base.dim() != 1:
+            continue  # matrices keep the base's values: perturbing the vectors already makes every model unique
         scale = base.float().std().item() if base.numel() > 1 else 0.0
-        noise = torch.randn(base.shape, generator=generator) * (PERTURBATION * scale)
+        noise = torch.randn(base.shape, generator=generator) * (PERTURBATION * max(scale, 1e-3))
         param.copy_((base.float() + noise).to(base.dtype))
