@@ -67,18 +67,22 @@ class InstanceType:
     price: float
     speed: float
     max_count: int | None = None
+    machine: bool = False  # describes this machine (``local``): servers share it unpinned
 
     @property
     def vcpu_per_device(self) -> int:
         return max(1, self.vcpu // self.devices)
 
     def device_label(self, index: int) -> str:
-        """The ``device`` string a server process is started with."""
+        """The ``device`` string a server process is started with (see shoal.devices)."""
         if self.processor == "gpu":
             return f"cuda:{index}"
         if self.processor in ("inf1", "inf2"):
             return f"neuron:{index}-{index}"
-        return "cpu"
+        if self.machine or self.devices == 1:
+            return "cpu"
+        first = index * self.vcpu_per_device
+        return f"cpu:{first}-{first + self.vcpu_per_device - 1}"
 
 
 def default_catalog_path() -> Path:
@@ -135,7 +139,7 @@ def resolve(catalog: CatalogFile, name: str, devices: int | None = None) -> Inst
     dev_mem = int(acc.memory_gib * GIB) if acc.memory_gib else ram // n_dev
     return InstanceType(name=name, processor=acc.processor, accelerator=spec.accelerator, devices=n_dev,
                         vcpu=vcpu, ram_bytes=ram, device_memory_bytes=dev_mem, price=spec.price_per_hour,
-                        speed=acc.speed, max_count=spec.max_count)
+                        speed=acc.speed, max_count=spec.max_count, machine=_is_machine(spec))
 
 
 def _is_machine(spec: InstanceSpec) -> bool:

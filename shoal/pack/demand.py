@@ -8,7 +8,7 @@ the device's time the model keeps busy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -82,7 +82,8 @@ class Demands:
     """Demands as fractions of one device, one row per model, one column per type.
 
     ``mem[i, t]`` and ``comp[i, t]`` are fractions of one device of type ``t``;
-    ``ok[i, t]`` is False where the artifact cannot run or does not fit within the limits.
+    ``ok[i, t]`` (computed once) is False where the artifact cannot run or does not fit
+    within the limits.
     """
 
     ids: list[str]
@@ -92,14 +93,20 @@ class Demands:
     compatible: np.ndarray
     max_memory: float
     max_compute: float
+    ok: np.ndarray = field(init=False, repr=False)
 
-    @property
-    def ok(self) -> np.ndarray:
-        return self.compatible & (self.mem <= self.max_memory + 1e-12) & (self.comp <= self.max_compute + 1e-12)
+    def __post_init__(self) -> None:
+        self.ok = self.compatible & (self.mem <= self.max_memory + 1e-12) & (self.comp <= self.max_compute + 1e-12)
 
     @property
     def n(self) -> int:
         return len(self.ids)
+
+    def without_types(self, cols: list[int]) -> "Demands":
+        """The same models with some types made unavailable (columns kept, so indexes match)."""
+        compatible = self.compatible.copy()
+        compatible[:, cols] = False
+        return Demands(self.ids, self.types, self.mem, self.comp, compatible, self.max_memory, self.max_compute)
 
     def subset(self, rows: list[int] | np.ndarray) -> "Demands":
         r = np.asarray(rows, dtype=int)

@@ -139,10 +139,13 @@ def balance(d: Demands, p: Packing) -> Packing:
     """Spread each instance's models over all its devices (same cost, less contention).
 
     Largest first onto the device that stays least loaded; an instance keeps its old
-    layout if the spread does not fit.
+    layout if the spread does not fit, and instances kept from a previous plan are not
+    touched (their models are already loaded there).
     """
     out = p.copy()
     for inst in out.instances:
+        if inst.name is not None:  # a running instance from the previous plan: leave it be
+            continue
         t = inst.type
         items = [m for dev in inst.devices for m in dev]
         if len(inst.devices) == 1 or not items:

@@ -41,11 +41,13 @@ def gap(cost: float, bound: float) -> float:
     return (cost - bound) / bound if bound > 0 else float("inf")
 
 
-def solve(d: Demands, time_limit: float = 5.0, exact: bool = True, start: Packing | None = None) -> Result:
+def solve(d: Demands, time_limit: float = 5.0, exact: bool = True, start: Packing | None = None,
+          singles: list[Packing] | None = None) -> Result:
     """Best packing found within ``time_limit`` seconds, with its lower bound.
 
     ``start`` (a re-plan's sticky packing) is improved but never replaced by a fresh
     heuristic plan, so placements survive; the exact solver is then skipped.
+    ``singles``: single-type packings already computed (else they are built here).
     """
     t0 = time.monotonic()
     deadline = t0 + time_limit
@@ -56,7 +58,9 @@ def solve(d: Demands, time_limit: float = 5.0, exact: bool = True, start: Packin
     if not bound.feasible:
         raise UsageError(f"no plan meets the limits; tightest constraint: {bound.tightest}")
     if start is None:
-        candidates = [guided(d, bound.x)] + [p for t in range(len(d.types)) if (p := single_type(d, t))]
+        if singles is None:
+            singles = [p for t in range(len(d.types)) if (p := single_type(d, t))]
+        candidates = [guided(d, bound.x)] + list(singles)
         best = min(candidates, key=lambda p: (p.cost(d), len(p.instances)))
     else:
         best = start
