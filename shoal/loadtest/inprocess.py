@@ -72,15 +72,16 @@ def bench(model_dir: Path, seq_len: int, batch_sizes: list[int], seconds: float,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("model_dir", type=Path)
-    ap.add_argument("--seq-len", type=int, required=True)
+    ap.add_argument("model_dirs", type=Path, nargs="+", help="one folder per model, measured one after another")
+    ap.add_argument("--seq-lens", required=True, help="comma-separated, one per model folder")
     ap.add_argument("--batch-sizes", required=True)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
-    rows = bench(args.model_dir, args.seq_len, [int(b) for b in args.batch_sizes.split(",")], args.seconds,
-                 args.threads or None)
-    json.dump(rows, sys.stdout)
+    seq_lens = [int(x) for x in args.seq_lens.split(",")]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    results = [bench(d, n, batch_sizes, args.seconds, args.threads or None) for d, n in zip(args.model_dirs, seq_lens)]
+    json.dump(results, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,13 @@ class ServerProcess:
     """``shoal serve --store STORE --port P`` with extra ``SHOAL_*`` settings; logs to ``log_path``."""
 
     def __init__(self, store_uri: str, log_path: Path, settings: dict[str, str] | None = None,
-                 port: int | None = None, ready_timeout_s: float = 180.0) -> None:
+                 port: int | None = None, ready_timeout_s: float = 180.0, models: list[str] | None = None) -> None:
         self.store_uri = store_uri
         self.log_path = log_path
         self.settings = settings or {}
         self.port = port or free_port()
         self.ready_timeout_s = ready_timeout_s
+        self.models = models
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -46,7 +47,7 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         cmd = [sys.executable, "-m", "shoal.cli", "serve", "--store", self.store_uri, "--host", "127.0.0.1",
-               "--port", str(self.port)]
+               "--port", str(self.port)] + (["--models", ",".join(self.models)] if self.models else [])
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         try:

@@ -81,23 +81,30 @@ def trace_precisions(spec_path: Path, precisions: list[str], store: ModelStore, 
     return out
 
 
-def _inprocess_rows(o: SweepOptions, store: ModelStore, precision: str, model_id: str) -> list[dict]:
-    manifest = store.read_manifest(model_id)
-    if manifest.kind != "text" or not manifest.seq_len:
-        raise UsageError(f"{model_id} is a {manifest.kind} model: the in-process sweep handles text models")
-    folder = store.fetch(model_id)
-    cmd = [sys.executable, "-m", "shoal.loadtest.inprocess", str(folder), "--seq-len", str(manifest.seq_len),
+def _inprocess_rows(o: SweepOptions, store: ModelStore) -> list[dict]:
+    """All precisions in one child process (one torch start-up), one model after another."""
+    manifests = {p: store.read_manifest(mid) for p, mid in o.models.items()}
+    for m in manifests.values():
+        if m.kind != "text" or not m.seq_len:
+            raise UsageError(f"{m.id} is a {m.kind} model: the in-process sweep handles text models")
+    folders = [str(store.fetch(m.id)) for m in manifests.values()]
+    cmd = [sys.executable, "-m", "shoal.loadtest.inprocess", *folders,
+           "--seq-lens", ",".join(str(m.seq_len) for m in manifests.values()),
            "--batch-sizes", ",".join(map(str, o.batch_sizes)), "--seconds", str(o.inprocess_seconds),
            "--threads", str(o.threads or 0)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise ShoalError(f"in-process benchmark of {model_id} failed: {tail}")
+        raise ShoalError(f"in-process benchmark of {', '.join(o.models.values())} failed: {tail}")
     rows = []
-    for r in json.loads(proc.stdout):
-        rows.append({"precision": precision, "model_id": model_id, "path": "inprocess", "batch_size": r["batch_size"],
-                     "clients": None, "throughput": r["throughput"], "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"],
-                     "p99_ms": r["p99_ms"], "requests": r["iterations"] * r["batch_size"], "errors": 0})
+    for (precision, model_id), results in zip(o.models.items(), json.loads(proc.stdout)):
+        for r in results:
+            o.log(f"  in-process {precision} batch {r['batch_size']}: {r['throughput']:,.1f} inferences/s, "
+                  f"P95 {r['p95_ms']:.1f} ms per batch")
+            rows.append({"precision": precision, "model_id": model_id, "path": "inprocess",
+                         "batch_size": r["batch_size"], "clients": None, "throughput": r["throughput"],
+                         "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"], "p99_ms": r["p99_ms"],
+                         "requests": r["iterations"] * r["batch_size"], "errors": 0})
     return rows
 
 
@@ -144,23 +151,21 @@ def summarise(rows: list[dict]) -> dict:
 def run_sweep(o: SweepOptions, store: ModelStore) -> dict:
     rows: list[dict] = []
     o.out.mkdir(parents=True, exist_ok=True)
-    for precision, model_id in o.models.items():
-        if o.inprocess:
-            o.log(f"in-process {model_id} ({precision}), batch sizes {o.batch_sizes}")
-            rows += _inprocess_rows(o, store, precision, model_id)
-            for r in rows[-len(o.batch_sizes):]:
-                o.log(f"  in-process batch {r['batch_size']}: {r['throughput']:,.1f} inferences/s, "
-                      f"P95 {r['p95_ms']:.1f} ms per batch")
-        if not o.served:
-            continue
-        if o.target:
+    if o.inprocess:
+        o.log(f"in-process: {', '.join(o.models.values())}, batch sizes {o.batch_sizes}")
+        rows += _inprocess_rows(o, store)
+    if o.served and o.target:
+        for precision, model_id in o.models.items():
             rows += _served_points(o, o.target, precision, model_id, None)
-            continue
+    elif o.served:
+        # One server per batch size serves every precision's model (loaded on its first request).
         for b in o.batch_sizes:
             settings = {"max_batch_size": str(b), "preload": "none", **o.server_settings}
-            log_path = o.out / "logs" / f"serve-{precision}-b{b}.log"
-            with ServerProcess(o.store_uri, log_path, settings) as srv:
-                rows += _served_points(o, srv.url, precision, model_id, b)
+            log_path = o.out / "logs" / f"serve-b{b}.log"
+            o.log(f"served: shoal serve with max batch size {b}")
+            with ServerProcess(o.store_uri, log_path, settings, models=list(o.models.values())) as srv:
+                for precision, model_id in o.models.items():
+                    rows += _served_points(o, srv.url, precision, model_id, b)
     for r in rows:
         per_m = costmod.per_million(r["throughput"], o.price) if o.price else None
         r["usd_per_million"] = None if per_m is None else round(per_m, 6)
