@@ -115,7 +115,8 @@ def _check_capacity(instance: str, members: list[tuple[ServerPlan, Device]], ins
                     gpu_slices: int) -> None:
     """Servers sharing one instance must fit it: slots, cores, device and host memory."""
     gib = lambda n: f"{n / GIB:.1f} GiB"  # noqa: E731
-    if inst.processor == "cpu" and len(members) > inst.devices:
+    # A machine type (`local`) has as many slots as the plan gave it (`shoal pack --servers N`).
+    if inst.processor == "cpu" and not inst.machine and len(members) > inst.devices:
         raise UsageError(f"instance {instance} ({inst.name}) has {len(members)} servers but only "
                          f"{inst.devices} CPU slots")
     host = sum(s.memory_bytes for s, d in members if d.kind == "cpu")
@@ -212,8 +213,8 @@ def size_fleet(plan: Plan, *, catalog_path: Path | None = None, gpu_slices: int 
                 per_gpu[d.first] += 1
         for server, device in members:
             cpu = cpu_total // len(members) // 10 * 10
-            if device.kind == "cpu" and device.cores:
-                cpu = min(cpu, len(device.cores) * 1000)
+            if device.kind == "cpu" and (device.cores or server.threads):
+                cpu = min(cpu, len(device.cores or []) * 1000 or server.threads * 1000)
             mem = mem_total // len(members) // MIB * MIB
             if device.kind == "cpu":
                 budget = max(mem - RUNTIME_OVERHEAD, 256 * MIB)
