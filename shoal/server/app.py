@@ -28,7 +28,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             task.cancel()
             runtime.shutdown()
 
-    app = FastAPI(title="shoal", description=DESCRIPTION, version="1", lifespan=lifespan)
+    app = FastAPI(title="shoal", description=DESCRIPTION, version="1", lifespan=lifespan, redirect_slashes=False)
     app.state.runtime = runtime
     install_error_handlers(app)
     include_routes(app)

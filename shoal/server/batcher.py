@@ -81,7 +81,8 @@ class Scheduler:
     def running(self) -> int:
         return self.executor.executors - self.free
 
-    def submit(self, b: ModelBatcher, inputs: list[Any], single: bool, encode: bool, timeout_s: float) -> Pending:
+    def submit(self, b: ModelBatcher, inputs: list[Any], single: bool, encode: bool, timeout_s: float,
+               deadline_s: float | None = None) -> Pending:
         """Queue a request (429 when a bound is hit); await ``pending.future`` for its results."""
         n = len(inputs)
         if b.queued_inputs + n > b.max_queue:
@@ -93,7 +94,7 @@ class Scheduler:
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         p = Pending(inputs, single, encode, loop.create_future(), time.perf_counter())
-        p.timer = loop.call_later(timeout_s, self._expire, b, p, timeout_s)
+        p.timer = loop.call_later(timeout_s, self._expire, b, p, deadline_s or timeout_s)
         b.concurrency += CONCURRENCY_ALPHA * (b.outstanding - b.concurrency)
         b.queue.append(p)
         b.queued_inputs += n
@@ -164,7 +165,8 @@ class Scheduler:
             b.queued_inputs -= len(p.inputs)
             self.queued_total -= len(p.inputs)
             b.outstanding -= 1
-        p.future.set_exception(DeadlineExceeded(f"model {b.model_id} gave no result within {timeout_s:g} s"))
+        p.future.set_exception(DeadlineExceeded(f"model {b.model_id} gave no result within the request deadline "
+                                                 f"of {timeout_s:g} s"))
 
     def _done(self, b: ModelBatcher, batch: list[Pending], f: Any) -> None:
         self.free += 1

@@ -19,7 +19,7 @@ from typing import Callable
 
 from shoal.ids import is_valid_model_id
 from shoal.server.batcher import ModelBatcher
-from shoal.server.errors import BadRequest, Conflict, NotFound, Unavailable
+from shoal.server.errors import BadRequest, Conflict, DeadlineExceeded, NotFound, Unavailable
 from shoal.server.handlers import Handler, LoadContext, create_handler
 from shoal.server.metrics import Metrics
 from shoal.store.base import ModelStore
@@ -94,8 +94,19 @@ class Registry:
             return self.entries.setdefault(model_id, ModelEntry(model_id))
         raise NotFound(f"model {model_id!r} is not served here: GET /models lists the models of this server")
 
-    async def acquire(self, model_id: str) -> ModelEntry:
-        """A ready entry with one more request in flight (call ``release`` after); loads it if needed."""
+    async def acquire(self, model_id: str, timeout_s: float | None = None) -> ModelEntry:
+        """A ready entry with one more request in flight (call ``release`` after); loads it if needed.
+
+        Waiting for a load counts against ``timeout_s`` (504 past it; the load itself goes on).
+        """
+        e = self.entries.get(model_id)
+        if e is not None and e.state is State.READY:  # the hot path: no awaits
+            self.metrics.model(e.id).hits.inc()  # type: ignore[attr-defined]
+            e.inflight += 1
+            self.inflight += 1
+            e.last_used = time.monotonic()
+            return e
+        deadline = time.monotonic() + timeout_s if timeout_s else None
         e = await self.entry(model_id)
         missed = False
         while True:
@@ -109,7 +120,12 @@ class Registry:
             if e.state is State.FAILED:
                 raise Unavailable(f"model {e.id} failed to load: {e.reason}")
             missed = True
-            await self.load(e)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(self.load(e), remaining)
+            except TimeoutError:
+                raise DeadlineExceeded(f"model {e.id} was still loading after {timeout_s:g} s; it stays "
+                                       "loading, retry shortly") from None
 
     def release(self, e: ModelEntry) -> None:
         e.inflight -= 1

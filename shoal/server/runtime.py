@@ -14,7 +14,7 @@ from typing import Any
 from shoal.config import Settings, parse_bytes
 from shoal.devices import Device
 from shoal.server.batcher import Pending, Scheduler
-from shoal.server.errors import ApiError
+from shoal.server.errors import ApiError, BadRequest, DeadlineExceeded
 from shoal.server.executor import DeviceExecutor, loader_pool, threads_per_executor
 from shoal.server.handlers.base import Handler, Parsed
 from shoal.server.metrics import Metrics
@@ -96,19 +96,37 @@ class Runtime:
     def label(self, model_id: str) -> str:
         return model_id if model_id in self.registry.entries else UNKNOWN
 
+    def timeout_of(self, header: str | None) -> float:
+        """The request deadline: the server's, or shorter if the client asks (header X-Request-Timeout-Ms)."""
+        limit = self.settings.request_timeout_s
+        if header is None:
+            return limit
+        try:
+            asked = float(header) / 1000.0
+        except ValueError:
+            raise BadRequest("header X-Request-Timeout-Ms must be a number of milliseconds") from None
+        if asked <= 0:
+            raise BadRequest("header X-Request-Timeout-Ms must be positive")
+        return min(asked, limit)
+
     async def infer(self, model_id: str, body: Any, *, parse: str = "json", encode: bool = True,
-                    received: float | None = None) -> Outcome:
+                    received: float | None = None, timeout_s: float | None = None) -> Outcome:
         """Run one request end to end. ``parse``: json | query | v2 (how to read ``body``)."""
         t0 = received or time.perf_counter()
+        timeout = timeout_s or self.settings.request_timeout_s
         status = 200
         try:
-            entry = await self.registry.acquire(model_id)
+            entry = await self.registry.acquire(model_id, timeout)
             try:
                 handler = entry.handler
                 assert handler is not None and entry.batcher is not None
                 parsed = _parse(handler, body, parse)
-                pending = self.scheduler.submit(entry.batcher, parsed.inputs, parsed.single, encode,
-                                                self.settings.request_timeout_s)
+                remaining = timeout - (time.perf_counter() - t0)
+                if remaining <= 0:
+                    raise DeadlineExceeded(f"model {model_id} gave no result within the request deadline "
+                                           f"of {timeout:g} s")
+                pending = self.scheduler.submit(entry.batcher, parsed.inputs, parsed.single, encode, remaining,
+                                                timeout)
                 results, text = await pending.future
             finally:
                 self.registry.release(entry)

@@ -15,6 +15,11 @@ def runtime_of(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
+def timeout_of(rt: Runtime, request: Request) -> float:
+    """The request's deadline in seconds (the server's, shortened by header X-Request-Timeout-Ms)."""
+    return rt.timeout_of(request.headers.get("x-request-timeout-ms"))
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(data).encode(), status_code=status, media_type="application/json", headers=headers)
 

@@ -12,7 +12,7 @@ import shoal
 from shoal.server.body import read_json
 from shoal.server.handlers import v2_metadata
 from shoal.server.registry import State
-from shoal.server.routes.common import json_response, runtime_of
+from shoal.server.routes.common import timeout_of, json_response, runtime_of
 from shoal.server.schemas import V2InferRequest, body_schema, validate
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
@@ -49,6 +49,7 @@ async def infer(model_id: str, request: Request) -> Response:
     received = time.perf_counter()
     rt = runtime_of(request)
     req = validate(V2InferRequest, await read_json(request, rt.settings.max_body_bytes))
-    out = await rt.infer(model_id, req, parse="v2", encode=False, received=received)
+    out = await rt.infer(model_id, req, parse="v2", encode=False, received=received,
+                         timeout_s=timeout_of(rt, request))
     return json_response({"model_name": model_id, "model_version": "1", "id": req.id,
                           "parameters": {"timings": out.timings}, "outputs": out.handler.to_v2(out.results)})

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal.server.body import read_json
-from shoal.server.routes.common import prediction_response, runtime_of
+from shoal.server.routes.common import timeout_of, prediction_response, runtime_of
 from shoal.server.schemas import (PredictionResponse, QABatchRequest, QARequest, TextBatchRequest, TextRequest,
                                   body_schema)
 
@@ -23,7 +23,8 @@ async def predict(model_id: str, request: Request) -> Response:
     received = time.perf_counter()
     rt = runtime_of(request)
     body = await read_json(request, rt.settings.max_body_bytes)
-    return prediction_response(model_id, await rt.infer(model_id, body, received=received))
+    out = await rt.infer(model_id, body, received=received, timeout_s=timeout_of(rt, request))
+    return prediction_response(model_id, out)
 
 
 @router.get("/predictions/{model_id}", summary="Predict from query parameters (seq_0, seq_1)",
@@ -31,5 +32,6 @@ async def predict(model_id: str, request: Request) -> Response:
 async def predict_query(model_id: str, request: Request) -> Response:
     received = time.perf_counter()
     rt = runtime_of(request)
-    out = await rt.infer(model_id, dict(request.query_params), parse="query", received=received)
+    out = await rt.infer(model_id, dict(request.query_params), parse="query", received=received,
+                         timeout_s=timeout_of(rt, request))
     return prediction_response(model_id, out)

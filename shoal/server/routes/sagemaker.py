@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from shoal.server.body import read_json
 from shoal.server.errors import BadRequest
-from shoal.server.routes.common import prediction_response, runtime_of
+from shoal.server.routes.common import timeout_of, prediction_response, runtime_of
 from shoal.server.schemas import PredictionResponse
 
 router = APIRouter(tags=["sagemaker"])
@@ -27,4 +27,5 @@ async def invocations(request: Request) -> Response:
     model_id = target.removesuffix(".tar.gz")
     rt = runtime_of(request)
     body = await read_json(request, rt.settings.max_body_bytes)
-    return prediction_response(model_id, await rt.infer(model_id, body, received=received))
+    out = await rt.infer(model_id, body, received=received, timeout_s=timeout_of(rt, request))
+    return prediction_response(model_id, out)

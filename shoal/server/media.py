@@ -1,0 +1,100 @@
+"""Request bodies that are not JSON: raw image bytes (``image/*``) and multipart forms with a file part.
+
+JSON bodies still go through ``body.read_json``. Everything is read under the same
+byte cap, streaming, so an oversized upload is refused before it is held in memory.
+Decoding the image itself is left to the handler's preprocess (an executor thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from shoal.server.body import read_json
+from shoal.server.errors import ApiError, BadRequest, PayloadTooLarge
+
+FILE_FIELDS = ("image", "file")
+RAW_TYPES = ("application/octet-stream",)
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+@dataclass
+class MediaBody:
+    """A binary input (an image file) with its options from the query string or the form's other fields."""
+
+    data: bytes
+    content_type: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, cap: int) -> Any:
+    """JSON (parsed), or a MediaBody for ``image/*``, ``application/octet-stream`` and ``multipart/form-data``."""
+    kind = media_type(request)
+    if kind in ("", "application/json", "text/plain") or kind.endswith("+json"):
+        return await read_json(request, cap)
+    if kind.startswith("image/") or kind in RAW_TYPES:
+        data = await read_bytes(request, cap)
+        if not data:
+            raise BadRequest(f"image body is empty (0 bytes) for Content-Type {kind}")
+        return MediaBody(data, kind, dict(request.query_params))
+    if kind == "multipart/form-data":
+        return await _read_multipart(request, cap)
+    raise UnsupportedMediaType(f"Content-Type {kind} is not accepted: send application/json, image/jpeg, "
+                               "image/png or multipart/form-data")
+
+
+async def read_bytes(request: Request, cap: int) -> bytes:
+    """The raw body; 413 past ``cap`` bytes, declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest("Content-Length is not a number") from None
+        if size > cap:
+            raise PayloadTooLarge(f"body of {size} bytes exceeds the limit of {cap} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > cap:
+            raise PayloadTooLarge(f"body exceeds the limit of {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_multipart(request: Request, cap: int) -> MediaBody:
+    raw = await read_bytes(request, cap)
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield raw
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=4, max_fields=32).parse()
+    except MultiPartException as exc:
+        raise BadRequest(f"multipart body is malformed: {exc.message}") from None
+    try:
+        files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise BadRequest("multipart body has no file part: send the image as a form field named 'image'")
+        name, upload = next(((k, v) for k, v in files if k in FILE_FIELDS), files[0])
+        data = await upload.read()
+        if not data:
+            raise BadRequest(f"multipart file part {name!r} is empty (0 bytes)")
+        params = dict(request.query_params)
+        params.update({k: v for k, v in form.multi_items() if isinstance(v, str)})
+        return MediaBody(data, (upload.content_type or "application/octet-stream").lower(), params)
+    finally:
+        await form.close()
