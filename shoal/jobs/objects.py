@@ -1,0 +1,322 @@
+"""Payloads and results as objects under one root: a local folder or an S3 prefix.
+
+Why not the model store: models are folders with a manifest; jobs are single objects
+written by many processes at once. Writes are atomic either way, so a crash never
+leaves a half object under its final name: a temp file renamed into place locally, a
+multipart upload completed only at the end on S3. Large payloads stream through a
+writer in parts, never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlparse
+
+from shoal.errors import StoreError, UsageError
+
+PART_BYTES = 8 * 1024 * 1024  # S3 multipart part size (the minimum is 5 MiB)
+
+
+class ObjectWriter(ABC):
+    """A streamed write: ``write`` parts, then ``commit`` (atomic) or ``abort``."""
+
+    size = 0
+
+    @abstractmethod
+    def write(self, chunk: bytes) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> str:
+        """Make the object visible under its final name; returns its location (URI)."""
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+
+class Objects(ABC):
+    """Objects under one root URI, addressed by relative keys like ``results/m/JOB.json``."""
+
+    uri: str
+
+    def location(self, key: str) -> str:
+        return f"{self.uri.rstrip('/')}/{key}"
+
+    def key_of(self, location: str) -> str | None:
+        """The key of ``location`` if it lies under this root, else None."""
+        base = self.uri.rstrip("/") + "/"
+        if not location.startswith(base):
+            return None
+        key = location[len(base):]
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts):
+            return None
+        return key
+
+    @abstractmethod
+    def writer(self, key: str) -> ObjectWriter: ...
+
+    def put(self, key: str, data: bytes) -> str:
+        w = self.writer(key)
+        try:
+            w.write(data)
+            return w.commit()
+        except BaseException:
+            w.abort()
+            raise
+
+    @abstractmethod
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        """The object's bytes; StoreError if absent, unreadable, or longer than ``limit``."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Its size in bytes; StoreError if it cannot be read."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove it; absent is fine (deletes repeat after crashes)."""
+
+    @abstractmethod
+    def keys(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` (complete objects only), sorted."""
+
+
+# -- local folder --
+class _FileWriter(ObjectWriter):
+    def __init__(self, final: Path, location: str) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+        self.final, self.tmp, self.loc = final, Path(tmp), location
+        self.file: IO[bytes] = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+        self.size += len(chunk)
+
+    def commit(self) -> str:
+        self.file.close()
+        os.chmod(self.tmp, 0o644)
+        os.replace(self.tmp, self.final)  # atomic: readers see the old object or the whole new one
+        return self.loc
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class LocalObjects(Objects):
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.uri = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise UsageError(f"object key {key!r} escapes {self.uri}")
+        return path
+
+    def writer(self, key: str) -> ObjectWriter:
+        return _FileWriter(self._path(key), self.location(key))
+
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                data = f.read() if limit is None else f.read(limit + 1)
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.location(key)}: {exc.strerror or exc}") from None
+        if limit is not None and len(data) > limit:
+            raise StoreError(f"{self.location(key)} is larger than {limit} bytes")
+        return data
+
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        try:
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise StoreError(f"{self.location(key)} is not a readable file")
+            return path.stat().st_size
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.location(key)}: {exc.strerror or exc}") from None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def keys(self, prefix: str) -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+                      if p.is_file() and not p.name.startswith("."))
+
+
+# -- S3 --
+class _S3Writer(ObjectWriter):
+    """Small objects: one PUT at commit. Past one part: a multipart upload, completed at commit."""
+
+    def __init__(self, store: "S3Objects", key: str) -> None:
+        self.s3, self.key, self.full = store, key, store.full_key(key)
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def write(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        self.size += len(chunk)
+        while len(self.buffer) >= PART_BYTES:
+            self._part(bytes(self.buffer[:PART_BYTES]))
+            del self.buffer[:PART_BYTES]
+
+    def _part(self, data: bytes) -> None:
+        c = self.s3.client
+        if self.upload_id is None:
+            self.upload_id = self.s3.call("starting an upload", c.create_multipart_upload,
+                                          Bucket=self.s3.bucket, Key=self.full)["UploadId"]
+        n = len(self.parts) + 1
+        out = self.s3.call("uploading a part", c.upload_part, Bucket=self.s3.bucket, Key=self.full,
+                           UploadId=self.upload_id, PartNumber=n, Body=data)
+        self.parts.append({"PartNumber": n, "ETag": out["ETag"]})
+
+    def commit(self) -> str:
+        c = self.s3.client
+        if self.upload_id is None:
+            self.s3.call("writing an object", c.put_object, Bucket=self.s3.bucket, Key=self.full,
+                         Body=bytes(self.buffer))
+        else:
+            if self.buffer:
+                self._part(bytes(self.buffer))
+            self.s3.call("completing an upload", c.complete_multipart_upload, Bucket=self.s3.bucket,
+                         Key=self.full, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+        self.buffer = bytearray()
+        return self.s3.location(self.key)
+
+    def abort(self) -> None:
+        self.buffer = bytearray()
+        if self.upload_id is not None:
+            try:
+                self.s3.client.abort_multipart_upload(Bucket=self.s3.bucket, Key=self.full,
+                                                      UploadId=self.upload_id)
+            except Exception:  # best effort: a bucket lifecycle rule reaps stale uploads
+                pass
+
+
+class S3Objects(Objects):
+    def __init__(self, bucket: str, prefix: str, client: Any) -> None:
+        self.bucket, self.prefix, self.client = bucket, prefix.strip("/"), client
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+
+    def full_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            raise StoreError(f"{what} in {self.uri} failed: {code}") from None
+        except BotoCoreError as exc:
+            raise StoreError(f"{what} in {self.uri} failed: {exc}") from None
+
+    def writer(self, key: str) -> ObjectWriter:
+        return _S3Writer(self, key)
+
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        if limit is not None and self.size(key) > limit:
+            raise StoreError(f"{self.location(key)} is larger than {limit} bytes")
+        obj = self.call(f"reading {key}", self.client.get_object, Bucket=self.bucket, Key=self.full_key(key))
+        return obj["Body"].read()
+
+    def size(self, key: str) -> int:
+        head = self.call(f"reading {key}", self.client.head_object, Bucket=self.bucket, Key=self.full_key(key))
+        return int(head["ContentLength"])
+
+    def delete(self, key: str) -> None:
+        self.call(f"deleting {key}", self.client.delete_object, Bucket=self.bucket, Key=self.full_key(key))
+
+    def keys(self, prefix: str) -> list[str]:
+        base = self.full_key(prefix)
+        out: list[str] = []
+        token: str | None = None
+        while True:
+            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base}
+            if token:
+                kw["ContinuationToken"] = token
+            page = self.call("listing objects", self.client.list_objects_v2, **kw)
+            cut = len(self.prefix) + 1 if self.prefix else 0
+            out.extend(o["Key"][cut:] for o in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return sorted(out)
+            token = page["NextContinuationToken"]
+
+
+def s3_client(endpoint_url: str | None, region: str) -> Any:
+    import boto3.session
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+                    request_checksum_calculation="when_required", response_checksum_validation="when_required",
+                    max_pool_connections=32)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+class Locations:
+    """Opens the job root and resolves any ``input_location`` a client names.
+
+    ``file://`` inputs must lie under the job root (a client must not make the server read
+    its own files); ``s3://`` inputs may name any bucket the server's credentials reach.
+    """
+
+    def __init__(self, root_uri: str, endpoint_url: str | None = None, region: str = "us-east-1") -> None:
+        self.endpoint_url, self.region = endpoint_url, region
+        self._client: Any = None
+        self.root = self._open(root_uri)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = s3_client(self.endpoint_url, self.region)
+        return self._client
+
+    def _open(self, uri: str) -> Objects:
+        if "://" not in uri:
+            return LocalObjects(Path(uri))
+        p = urlparse(uri)
+        if p.scheme == "file":
+            return LocalObjects(Path(p.netloc + p.path) if p.netloc else Path(p.path))
+        if p.scheme == "s3":
+            if not p.netloc:
+                raise UsageError(f"{uri!r} names no bucket: use s3://bucket/prefix")
+            return S3Objects(p.netloc, p.path, self.client)
+        raise UsageError(f"{uri!r}: the job store must be file://DIR or s3://bucket/prefix")
+
+    def resolve(self, location: str) -> tuple[Objects, str]:
+        """(objects, key) for a location; UsageError naming what is wrong with it."""
+        key = self.root.key_of(location)
+        if key is not None:
+            return self.root, key
+        p = urlparse(location)
+        if p.scheme == "s3":
+            key = p.path.lstrip("/")
+            if not p.netloc or not key:
+                raise UsageError(f"input_location {location!r}: use s3://bucket/key")
+            return S3Objects(p.netloc, "", self.client), key
+        if p.scheme == "file":
+            raise UsageError(f"input_location {location!r}: file:// inputs must lie under {self.root.uri}")
+        raise UsageError(f"input_location {location[:200]!r}: use s3://bucket/key or file://PATH")
+
+    def read(self, location: str, limit: int | None = None) -> bytes:
+        objects, key = self.resolve(location)
+        return objects.get(key, limit)
+
+    def size(self, location: str) -> int:
+        objects, key = self.resolve(location)
+        return objects.size(key)
+
+    def delete(self, location: str) -> None:
+        objects, key = self.resolve(location)
+        objects.delete(key)

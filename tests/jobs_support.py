@@ -1,0 +1,77 @@
+"""Fixtures and helpers shared by the async-inference tests (imported by tests/test_jobs*.py, test_async*.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.redis_server import start_redis
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on loopback, for the whole session (tests use their own key prefix)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+class Receiver:
+    """A real HTTP server on loopback that records webhook deliveries; can fail the first N."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.received: list[dict] = []
+        self.fail_left = fail_first
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with outer.lock:
+                    if outer.fail_left > 0:
+                        outer.fail_left -= 1
+                        self.send_response(503)
+                        self.end_headers()
+                        return
+                    outer.received.append({"path": self.path, "headers": {k.lower(): v for k, v in
+                                                                          self.headers.items()},
+                                           "body": body})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def events(self) -> list[dict]:
+        with self.lock:
+            return [json.loads(r["body"]) for r in self.received]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def valid_signature(secret: str, delivery: dict) -> bool:
+    """Check a delivery the way a receiver would: HMAC-SHA256 over 'timestamp.body'."""
+    ts = delivery["headers"]["x-shoal-timestamp"]
+    expected = hmac.new(secret.encode(), ts.encode() + b"." + delivery["body"], hashlib.sha256).hexdigest()
+    return hmac.compare_digest(delivery["headers"]["x-shoal-signature"], f"sha256={expected}")
+
+
+def result_files(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "results").rglob("*") if p.is_file())
