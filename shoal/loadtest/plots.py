@@ -20,6 +20,25 @@ from shoal.loadtest.sweep import knee  # noqa: E402
 _STYLES = {"fp32": "-", "bf16": "--", "fp16": ":"}
 
 
+def _batch_axis(ax: plt.Axes, rows: list[dict]) -> None:
+    """Log2 x axis labelled with the batch sizes themselves (1, 4, 16), not powers of two."""
+    sizes = sorted({r["batch_size"] for r in rows if r["batch_size"] is not None})
+    ax.set_xscale("log", base=2)
+    if sizes:
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([str(b) for b in sizes])
+        ax.minorticks_off()
+    ax.set_xlabel("batch size (max sequences per forward, log scale)")
+
+
+def _maybe_log_y(ax: plt.Axes, values: list[float]) -> None:
+    """A log y axis when values span more than 30x, so small values stay readable."""
+    pos = [v for v in values if v > 0]
+    if pos and max(pos) / min(pos) > 30:
+        ax.set_yscale("log")
+        ax.set_ylabel(ax.get_ylabel() + " (log scale)")
+
+
 def _series(rows: list[dict], path: str) -> dict[str, list[tuple[int, float]]]:
     """precision -> [(batch, best throughput)] for one path."""
     best: dict[str, dict[int, float]] = {}
@@ -46,6 +65,7 @@ def plot_latency_throughput(rows: list[dict], out: Path) -> Path:
                         xytext=(4, 4), fontsize=7, color=line.get_color())
     ax.set_xlabel("throughput (inferences/s)")
     ax.set_ylabel("P95 latency (ms)")
+    _maybe_log_y(ax, [r["p95_ms"] for r in served])
     ax.set_title("Served path: throughput vs P95 latency (labels: concurrent clients)")
     if groups:
         ax.legend(fontsize=8)
@@ -73,8 +93,7 @@ def plot_throughput_batch(rows: list[dict], out: Path) -> Path:
                 ax.plot([k], [ky], marker="*", markersize=16, color=line.get_color(), linestyle="none")
                 ax.annotate(f"knee: batch {k}", (k, ky), textcoords="offset points", xytext=(6, -14), fontsize=8,
                             color=line.get_color())
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size (sequences per forward, log2 scale)")
+    _batch_axis(ax, rows)
     ax.set_ylabel("throughput (inferences/s)")
     ax.set_title("Throughput vs batch size (star = knee: first batch size reaching 90% of the best)")
     ax.legend(fontsize=8)
@@ -92,23 +111,24 @@ def plot_cost_batch(doc: dict, out: Path) -> Path:
     price = doc.get("price")
     fig, ax = plt.subplots(figsize=(8, 5.5))
     drew = False
+    costs: list[float] = []
     if price:
         for path_name, marker in (("inprocess", "s"), ("served", "o")):
             for prec, pts in sorted(_series(rows, path_name).items()):
                 xs = [b for b, _ in pts]
                 ys = [price["per_hour"] / (t * 3600.0) * 1e6 for _, t in pts]
+                costs += ys
                 ax.plot(xs, ys, _STYLES.get(prec, "-"), marker=marker,
                         label=f"{'in-process' if path_name == 'inprocess' else 'served'}, {prec}")
                 drew = True
         ax.set_title(f"$ per million inferences vs batch size\nprice: {price['basis']}", fontsize=10)
+    ax.set_ylabel("cost (US$ per million inferences)")
+    _batch_axis(ax, rows)
     if drew:
-        ax.set_xscale("log", base=2)
         ax.legend(fontsize=8)
-        ax.set_ylim(bottom=0)
+        _maybe_log_y(ax, costs)
     else:
         ax.text(0.5, 0.5, "no price: pass --price-per-hour or --instance-type", ha="center", transform=ax.transAxes)
-    ax.set_xlabel("batch size (sequences per forward, log2 scale)")
-    ax.set_ylabel("cost (US$ per million inferences)")
     ax.grid(True, alpha=0.3, which="both")
     path = out / "cost-batch.png"
     fig.tight_layout()
