@@ -130,7 +130,10 @@ def run_commands(plan: Plan, plan_file: Path, opts: DockerOptions,
     ports = [z.server.port for z in sizings]
     dup = {p for p in ports if ports.count(p) > 1}
     if dup:
-        raise UsageError(f"servers of the plan share host port {min(dup)}: one Docker host needs distinct ports")
+        hosts = sorted({z.server.instance for z in sizings})
+        hint = f": run each instance on its own host with --instance (one of {', '.join(hosts[:5])}" + \
+            (", ...)" if len(hosts) > 5 else ")") if len(hosts) > 1 else ""
+        raise UsageError(f"servers of the plan share host port {min(dup)}; one Docker host needs distinct ports{hint}")
     store, store_args = _store_mount(opts.store)
     host_net = opts.network == "host"
     commands = []
