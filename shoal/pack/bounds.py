@@ -21,6 +21,7 @@ from shoal.pack.demand import Demands
 U_KS = tuple(range(1, 11))          # u^(k) for k = 1..10
 EPSILONS = (0.1, 0.2, 0.3, 0.4)     # f_eps
 TOL = 1e-9
+INTEGER_COUNTS_MAX_VARS = 2000  # HiGHS branching on counts over more columns can overrun its time limit
 
 
 def dff_u(x: np.ndarray, k: int) -> np.ndarray:
@@ -95,8 +96,15 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
     if res.x is None:
         return Bound(0.0, None, None, False)
     best_x, value, proven = res.x, float(res.fun), res.status == 0
+    value = max(value, _representable(prices, ub[nx:], value))
+    if nx > INTEGER_COUNTS_MAX_VARS:
+        x = np.zeros((n, k))
+        x[pairs_i, pairs_t] = best_x[:nx]
+        return Bound(max(0.0, value), x, best_x[nx:], proven)
+    # Small problems: integer instance counts with the models still fractional, a little
+    # tighter; its dual bound is valid even when the time limit stops it.
     integral = milp(c, integrality=np.concatenate([np.zeros(nx), np.ones(k)]), bounds=bounds, constraints=cons,
-                    options={"time_limit": time_limit, "mip_rel_gap": 1e-6, "disp": False})
+                    options={"time_limit": min(1.0, time_limit), "mip_rel_gap": 1e-6, "disp": False})
     if integral.status == 2:
         return Bound(np.inf, None, None, True, feasible=False, tightest=_tightest(d))
     dual = getattr(integral, "mip_dual_bound", None)
@@ -107,6 +115,24 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
     x = np.zeros((n, k))
     x[pairs_i, pairs_t] = best_x[:nx]
     return Bound(max(0.0, value), x, np.rint(best_x[nx:]), proven)
+
+
+def _representable(prices: np.ndarray, max_counts: np.ndarray, at_least: float) -> float:
+    """The cheapest bill any set of whole instances can add up to that is >= ``at_least``.
+
+    Every plan costs a sum of whole instance prices and at least the relaxation's value,
+    so this rounding up stays a valid bound (a knapsack over a handful of types: instant).
+    """
+    k = prices.size
+    if k == 0 or at_least <= 0:
+        return at_least
+    res = milp(prices, integrality=np.ones(k), bounds=Bounds(np.zeros(k), max_counts),
+               constraints=LinearConstraint(prices[None, :], [at_least - 1e-9], [np.inf]),
+               options={"time_limit": 1.0, "disp": False})
+    dual = getattr(res, "mip_dual_bound", None)
+    if res.status == 0:
+        return max(at_least, float(res.fun))
+    return max(at_least, float(dual)) if dual is not None and np.isfinite(dual) else at_least
 
 
 def _tightest(d: Demands) -> str:

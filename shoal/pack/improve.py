@@ -14,7 +14,8 @@ import time
 import numpy as np
 
 from shoal.pack.demand import Demands
-from shoal.pack.heuristic import into_instances, pack_type
+from shoal.pack.heuristic import into_instances
+from shoal.pack.packers import pack_type
 from shoal.pack.packing import TOL, Instance, Packing
 
 

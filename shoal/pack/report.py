@@ -15,6 +15,10 @@ def _money(x: float | None, decimals: int = 3) -> str:
     return "-" if x is None else f"${x:,.{decimals}f}"
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def table(outcome: PackOutcome) -> Table:
     plan = outcome.plan
     t = Table(title="every model on one instance type, and the plan", title_justify="left")
@@ -40,19 +44,20 @@ def print_outcome(console: Console, outcome: PackOutcome, output: Path) -> None:
     plan = outcome.plan
     rep = plan.solver
     console.print(table(outcome))
-    console.print(f"plan: {len(plan.routing)} models on {len(plan.servers)} servers of {len(plan.instances)} "
-                  f"instances, {_money(plan.cost_per_hour)}/h, {_money(plan.price_per_model_hour, 5)} per model-hour",
-                  highlight=False)
+    console.print(f"plan: {_n(len(plan.routing), 'model')} on {_n(len(plan.servers), 'server')} of "
+                  f"{_n(len(plan.instances), 'instance')}, {_money(plan.cost_per_hour)}/h, "
+                  f"{_money(plan.price_per_model_hour, 5)} per model-hour", highlight=False)
     if rep is not None:
         proof = "optimal (proven)" if rep.optimal else f"gap {rep.gap:.2%} to the lower bound"
         console.print(f"solver: {rep.method}; {rep.seconds:.2f} s; lower bound {_money(rep.lower_bound)}/h; "
                       f"{proof}", highlight=False)
     if outcome.previous is not None and rep is not None:
         fresh = f"; a fresh plan would cost {_money(outcome.fresh_cost)}/h" if outcome.fresh_cost is not None else ""
-        console.print(f"re-plan: {rep.moved_models} models moved, {outcome.added} added, {outcome.removed} removed"
+        console.print(f"re-plan: {_n(rep.moved_models or 0, 'model')} moved, {outcome.added} added, "
+                      f"{outcome.removed} removed"
                       f"{fresh}", highlight=False)
     for note in plan.notes:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
-    shown = ", ".join(f"{s.name} :{s.port} ({len(s.models)} models)" for s in plan.servers[:4])
+    shown = ", ".join(f"{s.name} :{s.port} ({_n(len(s.models), 'model')})" for s in plan.servers[:4])
     more = f", ... ({len(plan.servers) - 4} more)" if len(plan.servers) > 4 else ""
     console.print(f"wrote {output}: {shown}{more}", highlight=False, soft_wrap=True)

@@ -111,7 +111,7 @@ def candidate_rows(d: Demands, deadline: float) -> tuple[list[CandidateRow], lis
         p = single_type(alone, 0)
         if p is None:
             misfits = int((~d.ok[:, t]).sum())
-            why = (f"{misfits} models do not fit" if misfits else
+            why = (f"{misfits} model{'s do' if misfits > 1 else ' does'} not fit" if misfits else
                    f"needs more than the {typ.max_count} that exist")
             rows.append(CandidateRow(typ.name, None, None, typ.price, None, None, why))
             continue
