@@ -42,6 +42,8 @@ class AsyncSettings(BaseSettings):
     async_webhook_attempts: int = Field(5, description="webhook deliveries before giving up")
     async_webhook_timeout_s: float = 10.0
     async_poll_s: float = Field(0.25, description="longest idle wait between queue polls")
+    async_drain_s: float = Field(25.0, description="on SIGTERM, how long running jobs may finish before they "
+                                                   "go back to the queue")
 
     @classmethod
     def settings_customise_sources(

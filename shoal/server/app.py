@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from shoal.jobs.service import AsyncService
 from shoal.server.errors import install_error_handlers
-from shoal.server.routes import include_routes
+from shoal.server.routes import async_jobs, include_routes
 from shoal.server.runtime import Runtime
 
 DESCRIPTION = """Many models per process. Native `POST /predictions/{model_id}`, KServe v2 under `/v2`,
@@ -22,14 +23,18 @@ def create_app(runtime: Runtime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(runtime.start())
+        await jobs.start()
         try:
             yield
         finally:
+            await jobs.stop()  # drains async workers before the executors go away
             task.cancel()
             runtime.shutdown()
 
     app = FastAPI(title="shoal", description=DESCRIPTION, version="1", lifespan=lifespan, redirect_slashes=False)
     app.state.runtime = runtime
+    app.state.jobs = jobs = AsyncService(runtime)
     install_error_handlers(app)
     include_routes(app)
+    app.include_router(async_jobs.router)
     return app
