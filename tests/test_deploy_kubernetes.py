@@ -236,3 +236,21 @@ def test_eks_node_groups_carry_the_taints_the_pods_tolerate() -> None:
         group = groups[plan.servers[0].instance_type]
         assert {t["key"] for t in group["taints"]} <= tolerated == {key}
     assert "taints" not in groups["c5.2xlarge"]
+
+
+def test_operator_choices_reach_the_objects() -> None:
+    opts = KubeOptions(store=STORE, namespace="models-prod", registry="123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                       tag="v7", role_arn="arn:aws:iam::123456789012:role/shoal-read", min_replicas=2,
+                       max_replicas=9, target_utilization=0.55, s3_endpoint_url="http://minio.storage:9000")
+    docs = render(sample_plan("inf2", 100), opts).documents()
+    validate_all(docs)
+    sa = by_kind(docs, "ServiceAccount", "models-prod")[0]
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == opts.role_arn
+    c = container(by_kind(docs, "Deployment", "models-prod")[0])
+    assert c["image"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/shoal-inf2:v7"
+    assert {"name": "SHOAL_S3_ENDPOINT_URL", "value": "http://minio.storage:9000"} in c["env"]
+    hpa = by_kind(docs, "HorizontalPodAutoscaler", "models-prod")[0]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 9)
+    assert hpa["metrics"][0]["pods"]["target"]["averageValue"] == "550m"
+    routing = by_kind(docs, "ConfigMap", "models-prod")[0]
+    assert "http://shoal-0.models-prod.svc.cluster.local:8080" in routing["data"]["routing.json"]

@@ -97,6 +97,7 @@ def test_apply_without_a_cluster_is_one_line(tmp_path: Path, monkeypatch: pytest
     (["--min-replicas", "5", "--max-replicas", "2"], "--min-replicas"),
     (["--cluster-dns-ip", "ten.0.0.1"], "not an IP address"),
     (["--neuron-resource", "chips"], "--neuron-resource"),
+    (["--role-arn", "shoal-read"], "not an IAM role ARN"),
 ])
 def test_bad_flags_write_nothing(tmp_path: Path, args: list[str], needle: str) -> None:
     write_plan(tmp_path / "plan.json", sample_plan("cpu", 10))

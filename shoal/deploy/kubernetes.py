@@ -56,9 +56,10 @@ def _namespace_docs(opts: KubeOptions, pid: str) -> list[dict]:
     return [
         {"apiVersion": "v1", "kind": "Namespace",
          "metadata": {"name": opts.namespace, "labels": labels(component="namespace", plan_id=pid)}},
-        {"apiVersion": "v1", "kind": "ServiceAccount", "automountServiceAccountToken": False,
+        {"apiVersion": "v1", "kind": "ServiceAccount",
          "metadata": metadata(APP, opts.namespace, labels(component="server-identity", plan_id=pid),
-                              sa_annotations)},
+                              sa_annotations),
+         "automountServiceAccountToken": False},  # the servers never call the API server
     ]
 
 

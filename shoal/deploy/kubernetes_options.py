@@ -87,6 +87,8 @@ class KubeOptions:
                 ipaddress.ip_address(value)
             except ValueError:
                 raise UsageError(f"{what} {value!r} is not an IP address") from None
+        if self.role_arn is not None and not re.match(r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$", self.role_arn):
+            raise UsageError(f"--role-arn {self.role_arn!r} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
         if self.neuron_resource not in ("neuroncore", "device"):
             raise UsageError(f"--neuron-resource {self.neuron_resource!r}: use neuroncore or device")
         return self
