@@ -16,14 +16,16 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from shoal.server.body import read_json
-from shoal.server.errors import ApiError, BadRequest, PayloadTooLarge
+from shoal.server.errors import BadRequest, PayloadTooLarge
 
 FILE_FIELDS = ("image", "file")
 RAW_TYPES = ("application/octet-stream",)
-
-
-class UnsupportedMediaType(ApiError):
-    status, code = 415, "unsupported_media_type"
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+MEDIA_CONTENT = {  # OpenAPI request-body entries for the binary forms
+    "image/jpeg": _BINARY, "image/png": _BINARY,
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                       "properties": {"image": {"type": "string", "format": "binary"}}}},
+}
 
 
 @dataclass
@@ -40,10 +42,11 @@ def media_type(request: Request) -> str:
 
 
 async def read_body(request: Request, cap: int) -> Any:
-    """JSON (parsed), or a MediaBody for ``image/*``, ``application/octet-stream`` and ``multipart/form-data``."""
+    """A MediaBody for ``image/*``, ``application/octet-stream`` and ``multipart/form-data``; parsed JSON otherwise.
+
+    Any other Content-Type is read as JSON, as before (curl's ``-d`` sends form-urlencoded).
+    """
     kind = media_type(request)
-    if kind in ("", "application/json", "text/plain") or kind.endswith("+json"):
-        return await read_json(request, cap)
     if kind.startswith("image/") or kind in RAW_TYPES:
         data = await read_bytes(request, cap)
         if not data:
@@ -51,8 +54,7 @@ async def read_body(request: Request, cap: int) -> Any:
         return MediaBody(data, kind, dict(request.query_params))
     if kind == "multipart/form-data":
         return await _read_multipart(request, cap)
-    raise UnsupportedMediaType(f"Content-Type {kind} is not accepted: send application/json, image/jpeg, "
-                               "image/png or multipart/form-data")
+    return await read_json(request, cap)
 
 
 async def read_bytes(request: Request, cap: int) -> bytes:

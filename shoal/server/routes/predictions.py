@@ -8,13 +8,15 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.server.body import read_json
+from shoal.server.handlers.detector import ImageBatchRequest, ImageRequest
+from shoal.server.media import MEDIA_CONTENT, read_body
 from shoal.server.routes.common import timeout_of, prediction_response, runtime_of
 from shoal.server.schemas import (PredictionResponse, QABatchRequest, QARequest, TextBatchRequest, TextRequest,
                                   body_schema)
 
 router = APIRouter(tags=["predictions"])
-_BODY = body_schema(TextRequest, TextBatchRequest, QARequest, QABatchRequest)
+_BODY = body_schema(TextRequest, TextBatchRequest, QARequest, QABatchRequest, ImageRequest, ImageBatchRequest)
+_BODY["requestBody"]["content"].update(MEDIA_CONTENT)  # detectors also take image bytes and multipart
 
 
 @router.post("/predictions/{model_id}", summary="Predict with one model", response_model=PredictionResponse,
@@ -22,7 +24,7 @@ _BODY = body_schema(TextRequest, TextBatchRequest, QARequest, QABatchRequest)
 async def predict(model_id: str, request: Request) -> Response:
     received = time.perf_counter()
     rt = runtime_of(request)
-    body = await read_json(request, rt.settings.max_body_bytes)
+    body = await read_body(request, rt.settings.max_body_bytes)
     out = await rt.infer(model_id, body, received=received, timeout_s=timeout_of(rt, request))
     return prediction_response(model_id, out)
 

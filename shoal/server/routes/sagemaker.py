@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.server.body import read_json
+from shoal.server.media import read_body
 from shoal.server.errors import BadRequest
 from shoal.server.routes.common import timeout_of, prediction_response, runtime_of
 from shoal.server.schemas import PredictionResponse
@@ -26,6 +26,6 @@ async def invocations(request: Request) -> Response:
         raise BadRequest("header X-Amzn-SageMaker-Target-Model is required: it names the model to invoke")
     model_id = target.removesuffix(".tar.gz")
     rt = runtime_of(request)
-    body = await read_json(request, rt.settings.max_body_bytes)
+    body = await read_body(request, rt.settings.max_body_bytes)
     out = await rt.infer(model_id, body, received=received, timeout_s=timeout_of(rt, request))
     return prediction_response(model_id, out)
