@@ -110,8 +110,10 @@ class Handler(ABC):
         """A small valid input list, used to warm the graph up right after loading."""
 
     def warmup(self) -> None:
-        """Run the graph once so the first user request does not pay for graph optimisation."""
-        self.run(self.sample_inputs(), 1 << 30)
+        """Run the graph twice: TorchScript's profiling executor records shapes on the first call and
+        optimises on the second, so no user request pays for either (later shapes reuse the plan)."""
+        for _ in range(2):
+            self.run(self.sample_inputs(), 1 << 30)
 
     def close(self) -> None:
         """Drop references to weights so their memory can be returned."""
