@@ -65,7 +65,7 @@ def fleet(request: pytest.FixtureRequest) -> tuple[str, Plan, list[dict]]:
 
 
 def test_every_object_validates_strictly(fleet: tuple[str, Plan, list[dict]]) -> None:
-    name, plan, docs = fleet
+    _, plan, docs = fleet
     validate_all(docs)
     n = len(plan.servers)
     for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress"):
@@ -74,7 +74,7 @@ def test_every_object_validates_strictly(fleet: tuple[str, Plan, list[dict]]) ->
 
 
 def test_deployment_places_and_probes_each_server(fleet: tuple[str, Plan, list[dict]]) -> None:
-    name, plan, docs = fleet
+    _, plan, docs = fleet
     for server, deploy in zip(plan.servers, by_kind(docs, "Deployment")):
         spec = deploy["spec"]["template"]["spec"]
         c = container(deploy)
@@ -96,7 +96,7 @@ def test_deployment_places_and_probes_each_server(fleet: tuple[str, Plan, list[d
 
 
 def test_each_server_mounts_a_plan_with_only_itself(fleet: tuple[str, Plan, list[dict]]) -> None:
-    name, plan, docs = fleet
+    _, plan, docs = fleet
     configs = {d["metadata"]["name"]: d for d in by_kind(docs, "ConfigMap")}
     for server in plan.servers:
         sub = Plan.model_validate_json(configs[f"{server.name}-plan"]["data"]["plan.json"])
@@ -106,7 +106,7 @@ def test_each_server_mounts_a_plan_with_only_itself(fleet: tuple[str, Plan, list
 
 
 def test_routing_table_maps_every_model_to_a_stable_service_name(fleet: tuple[str, Plan, list[dict]]) -> None:
-    name, plan, docs = fleet
+    _, plan, docs = fleet
     routing = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == "shoal-routing")
     table = json.loads(routing["data"]["routing.json"])
     assert set(table) == set(plan.routing)

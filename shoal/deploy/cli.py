@@ -68,7 +68,8 @@ def kubernetes(
     """Render Namespace, per-server Deployment/Service/HPA/PDB, routing, add-ons; optionally apply."""
     from shoal.deploy.kubernetes import render
     from shoal.deploy.kubernetes_options import KubeOptions
-    from shoal.deploy.kubernetes_output import MARKER, apply as kubectl_apply, write_tree
+    from shoal.deploy.kubernetes_output import MARKER, write_tree
+    from shoal.deploy.kubernetes_output import apply as kubectl_apply
     from shoal.pack.plan import load_plan
 
     start = time.perf_counter()

@@ -60,7 +60,7 @@ class KubeOptions:
     def server_url(self, server: str) -> str:
         return f"http://{self.server_host(server)}:{PORT}"
 
-    def check(self) -> "KubeOptions":
+    def check(self) -> KubeOptions:
         """Raise UsageError (one line) on the first bad choice."""
         check_dns_label(self.namespace, "namespace")
         if self.store.startswith("file://") or "://" not in self.store:
