@@ -162,8 +162,8 @@ def _measure_capacity(routes: Routes, o: LoadtestOptions, sc: Scenario, console:
 
 
 def _ceiling(o: LoadtestOptions, spec: LoadSpec, workers: int, console: Console) -> dict | None:
-    if o.ceiling == "off":
-        return None
+    if o.ceiling == "off" or (spec.single and o.ceiling == "auto"):
+        return None  # one request at a time measures latency, never the generator's rate
     if o.ceiling != "auto":
         try:
             return {"rps": float(o.ceiling), "method": "given with --ceiling"}
