@@ -38,7 +38,7 @@ def sweep(
     served: Annotated[bool, typer.Option(help="measure the served path")] = True,
     inprocess: Annotated[bool, typer.Option(help="measure the in-process limit")] = True,
     workers: Annotated[int, typer.Option(help="load generator processes")] = 1,
-    out: Annotated[Optional[Path], typer.Option(help="output folder [default: bench/sweep-<model>]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output folder (default bench/sweep-<model>)")] = None,
     price_per_hour: Annotated[Optional[float], typer.Option(help="$/h for the cost plot")] = None,
     instance_type: Annotated[str, typer.Option(
         help="catalog type priced for the cost plot; this machine's vCPUs' share of it")] = "c6i.xlarge",
