@@ -38,7 +38,7 @@ def sweep(
     served: Annotated[bool, typer.Option(help="measure the served path")] = True,
     inprocess: Annotated[bool, typer.Option(help="measure the in-process limit")] = True,
     workers: Annotated[int, typer.Option(help="load generator processes")] = 1,
-    out: Annotated[Optional[Path], typer.Option(help="output folder (default bench/sweep-<model>)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output folder (default .shoal/bench/sweep-<model>)")] = None,
     price_per_hour: Annotated[Optional[float], typer.Option(help="$/h for the cost plot")] = None,
     instance_type: Annotated[str, typer.Option(
         help="catalog type priced for the cost plot; this machine's vCPUs' share of it")] = "c6i.xlarge",
@@ -72,7 +72,8 @@ def sweep(
     name = model or (spec.stem if spec else "model")
     price = costmod.resolve_price(price_per_hour, instance_type, vcpus_used=machine_vcpus())
     opts = SweepOptions(models=models, store_uri=model_store.uri, batch_sizes=bs, clients=cl,
-                        out=out or Path("bench") / f"sweep-{name}", duration_s=parse_duration(duration, "--duration"),
+                        out=out or settings.state_dir / "bench" / f"sweep-{name}",
+                        duration_s=parse_duration(duration, "--duration"),
                         warmup_s=parse_duration(warmup, "--warmup"), inprocess_seconds=inprocess_seconds,
                         threads=threads, target=target, served=served, inprocess=inprocess, price=price,
                         workers=workers, log=log)
