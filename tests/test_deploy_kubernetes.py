@@ -254,3 +254,15 @@ def test_operator_choices_reach_the_objects() -> None:
     assert hpa["metrics"][0]["pods"]["target"]["averageValue"] == "550m"
     routing = by_kind(docs, "ConfigMap", "models-prod")[0]
     assert "http://shoal-0.models-prod.svc.cluster.local:8080" in routing["data"]["routing.json"]
+
+
+def test_whole_gpu_servers_are_warned_about_time_slicing() -> None:
+    servers = [ServerPlan(name=f"g{i}", instance="i0", instance_type="g5.12xlarge", processor="gpu",
+                          device=f"cuda:{i}", models=[f"m{i}"], memory_bytes=1 << 30) for i in range(4)]
+    plan = Plan(store=STORE, servers=servers, routing={f"m{i}": f"g{i}" for i in range(4)})
+    assert "pass --gpu-slices 1" in render(plan, KubeOptions(store=STORE)).warnings[0]
+    whole = render(plan, KubeOptions(store=STORE, gpu_slices=1))
+    assert not whole.warnings
+    config = next(d for d in whole.documents() if d["metadata"]["name"] == "nvidia-device-plugin-config")
+    assert "sharing" not in yaml.safe_load(config["data"]["config.yaml"])
+    assert not render(sample_plan("gpu", 20), KubeOptions(store=STORE)).warnings  # 8 servers share each GPU

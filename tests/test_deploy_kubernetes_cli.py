@@ -143,6 +143,7 @@ def _plan(*servers: ServerPlan) -> Plan:
      "device memory"),
     (_plan(_server(name="Server_1")), "not a DNS-1123 label"),
     (_plan(_server(device="cuda:0")), "does not match processor cpu"),
+    (_plan(_server(), _server(name="s1", instance_type="c5.2xlarge", models=["m2"])), "named with two types"),
     (Plan(store=STORE), "no servers"),
     (Plan(store=STORE, servers=[_server()], routing={"m1": "ghost"}), "does not have"),
 ])

@@ -72,8 +72,16 @@ def _server_docs(plan: Plan, sizing: ServerSizing, opts: KubeOptions, pid: str) 
     return docs
 
 
-def _warnings(sizings: list[ServerSizing]) -> list[str]:
+def _warnings(sizings: list[ServerSizing], gpu_slices: int) -> list[str]:
     out = []
+    per_gpu: dict[tuple[str, int | None], int] = {}
+    for z in sizings:
+        if z.device.kind == "cuda":
+            key = (z.server.instance, z.device.first)
+            per_gpu[key] = per_gpu.get(key, 0) + 1
+    if gpu_slices > 1 and per_gpu and max(per_gpu.values()) == 1:
+        out.append(f"every GPU server of the plan owns a whole GPU, but --gpu-slices {gpu_slices} lets the "
+                   "scheduler put several on one GPU of a multi-GPU node: pass --gpu-slices 1")
     for z in sizings:
         if z.device.kind == "cpu" and z.server.memory_bytes > z.memory_budget:
             out.append(f"server {z.server.name}: its models need {z.server.memory_bytes / 2**30:.1f} GiB but "
@@ -88,7 +96,7 @@ def render(plan: Plan, opts: KubeOptions, catalog_path: Path | None = None) -> R
     sizings = size_fleet(plan, catalog_path=catalog_path, gpu_slices=opts.gpu_slices,
                          neuron_resource=opts.neuron_resource)
     pid = plan_id(plan)
-    out = Rendered(plan_id=pid, warnings=_warnings(sizings))
+    out = Rendered(plan_id=pid, warnings=_warnings(sizings, opts.gpu_slices))
     out.manifests["00-namespace.yaml"] = _namespace_docs(opts, pid)
     out.manifests["01-routing.yaml"] = [routing_configmap(plan, opts, pid)]
     if opts.service_monitor:

@@ -106,10 +106,12 @@ def node_local_dns(opts: KubeOptions) -> list[dict]:
 
 
 def time_slicing_config(slices: int) -> str:
-    """NVIDIA device plugin config: each GPU advertised as ``slices`` nvidia.com/gpu, one per server."""
-    config = {"version": "v1", "flags": {"migStrategy": "none"},
-              "sharing": {"timeSlicing": {"renameByDefault": False, "failRequestsGreaterThanOne": True,
-                                          "resources": [{"name": "nvidia.com/gpu", "replicas": slices}]}}}
+    """NVIDIA device plugin config: each GPU advertised as ``slices`` nvidia.com/gpu, one per server
+    (``slices`` 1: no sharing, every server owns a whole GPU)."""
+    config: dict = {"version": "v1", "flags": {"migStrategy": "none"}}
+    if slices > 1:
+        config["sharing"] = {"timeSlicing": {"renameByDefault": False, "failRequestsGreaterThanOne": True,
+                                             "resources": [{"name": "nvidia.com/gpu", "replicas": slices}]}}
     return yaml.safe_dump(config, sort_keys=False)
 
 

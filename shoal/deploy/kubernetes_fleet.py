@@ -205,6 +205,9 @@ def size_fleet(plan: Plan, *, catalog_path: Path | None = None, gpu_slices: int 
     sized: list[ServerSizing] = []
     for instance, members in groups.items():
         inst = types[members[0][0].instance_type]
+        mixed = {s.instance_type for s, _ in members} - {inst.name}
+        if mixed:
+            raise UsageError(f"instance {instance} is named with two types: {inst.name} and {mixed.pop()}")
         _check_capacity(instance, members, inst, gpu_slices)
         cpu_total, mem_total = allocatable(inst)
         per_gpu = defaultdict(int)
