@@ -76,7 +76,7 @@ def _warnings(sizings: list[ServerSizing], gpu_slices: int) -> list[str]:
     out = []
     per_gpu: dict[tuple[str, int | None], int] = {}
     for z in sizings:
-        if z.device.kind == "cuda":
+        if z.device.kind == "cuda" and z.instance.devices > 1:  # one-GPU nodes: CPU requests keep it 1:1
             key = (z.server.instance, z.device.first)
             per_gpu[key] = per_gpu.get(key, 0) + 1
     if gpu_slices > 1 and per_gpu and max(per_gpu.values()) == 1:
