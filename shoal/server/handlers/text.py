@@ -7,6 +7,8 @@ its longest sequence unless the graph is static (Neuron), then to static_batch x
 from __future__ import annotations
 
 import importlib
+import threading
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,32 @@ def create(manifest: Manifest, folder: Path, ctx: LoadContext) -> "TextHandler":
     return TextHandler(manifest, folder, ctx)
 
 
+_TOKENIZERS: "weakref.WeakValueDictionary[tuple, Tokenizer]" = weakref.WeakValueDictionary()
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def _tokenizer(folder: Path, manifest: Manifest, seq_len: int) -> Tokenizer:
+    """One tokenizer object per (file hash, settings), shared by every model using it.
+
+    Synthesised or fine-tuned copies of one base share their tokenizer file; at ~6.6 MB
+    each in memory, 24 copies would cost 150 MB for nothing. Encoding only reads it.
+    """
+    assert manifest.tokenizer is not None
+    entry = manifest.files.get(manifest.tokenizer)
+    strategy = "only_second" if manifest.task == "question-answering" else "longest_first"
+    key = (entry.sha256 if entry else str(folder), seq_len, strategy, bool(manifest.static_batch))
+    with _TOKENIZERS_LOCK:
+        tok = _TOKENIZERS.get(key)
+        if tok is None:
+            tok = Tokenizer.from_file(str(folder / manifest.tokenizer))
+            tok.enable_truncation(seq_len, strategy=strategy)
+            padding = tok.padding or {}
+            tok.enable_padding(pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]"),
+                               length=seq_len if manifest.static_batch else None)
+            _TOKENIZERS[key] = tok
+        return tok
+
+
 def _check_device(manifest: Manifest, ctx: LoadContext) -> None:
     """Refuse artifacts compiled for another processor, with the reason the registry reports."""
     if manifest.format in _NEURON_MODULES:
@@ -49,13 +77,7 @@ class TextHandler(Handler):
             raise RuntimeError("text model has no tokenizer file in its manifest")
         self.task = manifest.task
         self.seq_len = manifest.seq_len or 512
-        self.tokenizer = Tokenizer.from_file(str(folder / manifest.tokenizer))
-        strategy = "only_second" if self.task == "question-answering" else "longest_first"
-        self.tokenizer.enable_truncation(self.seq_len, strategy=strategy)
-        pad_id = (self.tokenizer.padding or {}).get("pad_id", 0)
-        pad_token = (self.tokenizer.padding or {}).get("pad_token", "[PAD]")
-        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token,
-                                      length=self.seq_len if manifest.static_batch else None)
+        self.tokenizer = _tokenizer(folder, manifest, self.seq_len)
         self.module = torch.jit.load(str(folder / manifest.artifact), map_location=ctx.torch_device)
         self.module.eval()
         self.labels = manifest.labels
