@@ -55,6 +55,10 @@ def stub_fleet(base: int, n: int = 2, argv: list[str] | None = None, delay: floa
     return FleetSpec(store="file://unused", host="127.0.0.1", servers=servers, grace_s=2.0)
 
 
+def log_has(path: Path, text: str) -> bool:
+    return path.exists() and text in path.read_text()
+
+
 def server_pids(paths: FleetPaths) -> dict[str, int]:
     servers = read_json(paths.state).get("servers", {})
     return {name: st["pid"] for name, st in servers.items() if st.get("pid")}
@@ -82,9 +86,11 @@ def wait_for(cond, timeout: float, step: float = 0.05) -> float:  # noqa: ANN001
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-def test_restart_status_and_clean_stop(state: tuple[Settings, FleetPaths]) -> None:
+@pytest.mark.parametrize("warm_fork", [True, False], ids=["zygote", "cold"])
+def test_restart_status_and_clean_stop(state: tuple[Settings, FleetPaths], warm_fork: bool) -> None:
     settings, paths = state
     fleet = stub_fleet(free_ports(2))
+    fleet.warm_fork = warm_fork
     sup_pid = launch(paths, fleet)
     wait_ready(settings, fleet, timeout_s=20)
     assert supervisor_running(paths) and pid_alive(sup_pid)
@@ -100,7 +106,10 @@ def test_restart_status_and_clean_stop(state: tuple[Settings, FleetPaths]) -> No
     assert by_name["stub-0"]["restarts"] == 1 and by_name["stub-1"]["restarts"] == 0
     assert by_name["stub-0"]["ready"] and by_name["stub-1"]["ready"]
     assert "SIGKILL" in by_name["stub-0"]["last_exit"]
-    assert "killed by SIGKILL" in paths.supervisor_log.read_text()
+    log = paths.supervisor_log.read_text()
+    assert "killed by SIGKILL" in log
+    assert ("servers are forked from it" in log) == warm_fork
+    assert (Path(f"/proc/{before['stub-1']}/comm").read_text().strip() == "shoal stub-1") == warm_fork
 
     pids = list(server_pids(paths).values()) + [sup_pid]
     was_running, alive = stop(paths)
@@ -166,3 +175,34 @@ def test_servers_get_their_pinning_environment(state: tuple[Settings, FleetPaths
     pid = server_pids(paths)["stub-0"]
     assert os.sched_getaffinity(pid) == {0}
     assert os.getpgid(pid) == pid  # its own process group: stop signals everything it spawns
+
+
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+
+
+def test_server_ignoring_sigterm_is_killed_after_the_grace(state: tuple[Settings, FleetPaths]) -> None:
+    settings, paths = state
+    fleet = stub_fleet(free_ports(1), n=1, argv=[sys.executable, "-c", STUBBORN])
+    fleet.grace_s = 1.0
+    launch(paths, fleet)
+    wait_for(lambda: log_has(paths.server_log("stub-0"), "up") and "stub-0" in server_pids(paths), timeout=10)
+    pid = server_pids(paths)["stub-0"]
+    t0 = time.monotonic()
+    assert stop(paths) == (True, 0)
+    assert 1.0 <= time.monotonic() - t0 < 8
+    assert not pid_alive(pid)
+    assert "(1 needed SIGKILL)" in paths.supervisor_log.read_text()
+
+
+def test_stop_cleans_up_after_a_killed_supervisor(state: tuple[Settings, FleetPaths]) -> None:
+    settings, paths = state
+    fleet = stub_fleet(free_ports(1), n=1, argv=[sys.executable, "-c", STUBBORN])
+    fleet.grace_s = 0.5
+    sup = launch(paths, fleet)
+    wait_for(lambda: log_has(paths.server_log("stub-0"), "up") and "stub-0" in server_pids(paths), timeout=10)
+    pid = server_pids(paths)["stub-0"]
+    os.kill(sup, signal.SIGKILL)  # its SIGTERM-on-parent-death is ignored by this server
+    wait_for(lambda: not supervisor_running(paths), timeout=5)
+    assert pid_alive(pid)
+    assert stop(paths) == (True, 0)
+    assert not pid_alive(pid)

@@ -21,8 +21,8 @@ import httpx
 
 from shoal.config import Settings
 from shoal.deploy.local_fleet import FleetSpec, ServerSpec, plan_fleet, workers_fleet
-from shoal.deploy.local_state import (FleetPaths, pid_alive, read_json, read_pid, supervisor_running,
-                                      terminate_groups)
+from shoal.deploy.local_state import (FleetPaths, pid_alive, read_json, read_pid, same_process,
+                                      supervisor_running, terminate_groups)
 from shoal.errors import ShoalError, UsageError
 from shoal.pack.plan import Plan, load_plan
 from shoal.store import ModelStore, open_store
@@ -249,15 +249,6 @@ def status(settings: Settings) -> dict[str, Any]:
             "supervisor_log": paths.rel(paths.supervisor_log)}
 
 
-def _is_our_server(pid: int, port: int) -> bool:
-    """Guards against pid reuse: only signal a process whose command line is our server's."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"--port" in argv and str(port).encode() in argv and any(b"shoal" in a for a in argv)
-
-
 def stop(paths: FleetPaths, timeout_s: float | None = None) -> tuple[bool, int]:
     """Stop the supervisor and every server. Returns (a fleet was running, servers still alive: 0)."""
     fleet = FleetSpec.load(paths.fleet) if paths.fleet.exists() else None
@@ -276,11 +267,8 @@ def stop(paths: FleetPaths, timeout_s: float | None = None) -> tuple[bool, int]:
             while supervisor_running(paths) and time.monotonic() < deadline + 5:
                 time.sleep(0.05)
     # Whatever the supervisor could not stop (it was killed, or crashed): stop it here.
-    leftovers = []
-    if fleet:
-        ports = {s.name: s.port for s in fleet.servers}
-        leftovers = [st["pid"] for name, st in state.items()
-                     if st.get("pid") and name in ports and _is_our_server(st["pid"], ports[name])]
+    leftovers = [st["pid"] for st in state.values()
+                 if st.get("pid") and same_process(st["pid"], st.get("pid_start"))]
     if leftovers:
         terminate_groups(leftovers, grace)
     alive = sum(1 for p in leftovers if pid_alive(p))

@@ -9,19 +9,21 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from shoal.config import load_settings
 from shoal.deploy.local_state import FleetPaths
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (scripts, tests) gets wide lines rather than a table squeezed into 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _models_text(models: list[str] | None, limit: int = 4) -> str:
     if models is None:
-        return "every model in the store"
+        return "all in store"
     shown = ", ".join(models[:limit])
     return shown + (f" (+{len(models) - limit} more)" if len(models) > limit else "")
 
@@ -52,7 +54,7 @@ def local(
     workers: Annotated[int, typer.Option(help="without a plan: K server processes, each on a slice of the cores")] = 1,
     models: Annotated[Optional[str], typer.Option(help="without a plan: only these ids (comma-separated)")] = None,
     store: Annotated[Optional[str], typer.Option(help="store URI (default: SHOAL_STORE or file://./store)")] = None,
-    port: Annotated[Optional[int], typer.Option(help="first port (default 8080; a plan's own ports if distinct)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="first port (default: 8080, or a plan's own ports)")] = None,
     host: Annotated[Optional[str], typer.Option(help="address the servers listen on (default 127.0.0.1)")] = None,
     on_cpu: Annotated[bool, typer.Option("--on-cpu", help="run a GPU/Inferentia plan's servers on CPU slices")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="replace a fleet that is already running")] = False,
@@ -102,9 +104,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
     if not info["running"]:
         out.print("no local fleet is running (start one with ./deploy.sh)")
         return
-    table = Table(title=f"local fleet: supervisor pid {info['supervisor_pid']}, store {info['store']}")
+    table = Table(title=f"local fleet: supervisor pid {info['supervisor_pid']}, store {info['store']}",
+                  box=box.SIMPLE_HEAD, title_justify="left")
     for col in ("server", "pid", "url", "device", "models", "ready", "restarts", "uptime", "last exit"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "last exit", overflow="fold")
     for s in info["servers"]:
         ready = "[green]yes[/green]" if s["ready"] else f"[yellow]no[/yellow] ({s['state']})"
         table.add_row(s["name"], str(s["pid"] or "-"), s["url"], s["device"], _models_text(s["models"], 3), ready,

@@ -19,6 +19,10 @@ from shoal.errors import UsageError
 from shoal.pack.plan import Plan
 
 FLEET_VERSION = 1
+# What `shoal serve` imports before it serves: the zygote imports these once for every server.
+SERVE_PRELOAD = ["torch", "numpy", "tokenizers", "fastapi", "uvicorn", "uvloop", "httptools",
+                 "prometheus_client", "shoal.cli", "shoal.server.serve", "shoal.server.app", "shoal.server.runtime",
+                 "shoal.server.handlers.text"]
 
 
 class ServerSpec(BaseModel):
@@ -49,6 +53,8 @@ class FleetSpec(BaseModel):
     servers: list[ServerSpec]
     plan: str | None = Field(None, description="the effective plan (ports as run here), if deployed from one")
     grace_s: float = 10.0
+    warm_fork: bool = Field(True, description="fork servers from a zygote that imported torch once")
+    preload: list[str] = Field(default_factory=list, description="modules the zygote imports")
 
     def ports(self) -> list[int]:
         return [s.port for s in self.servers]
@@ -96,7 +102,7 @@ def workers_fleet(store: str, host: str, port: int, workers: int, models: list[s
     slices = cpu_slices(workers, cores)
     _check_port_range(port, len(slices))
     servers = [_server(f"shoal-{i}", store, host, port + i, dev, None, models) for i, dev in enumerate(slices)]
-    return FleetSpec(store=store, host=host, servers=servers)
+    return FleetSpec(store=store, host=host, servers=servers, preload=SERVE_PRELOAD)
 
 
 def plan_fleet(plan: Plan, plan_copy: Path, store: str, host: str, port: int | None, on_cpu: bool,
@@ -130,7 +136,7 @@ def plan_fleet(plan: Plan, plan_copy: Path, store: str, host: str, port: int | N
         s.port = p
         s.device = str(dev)
     effective.store = store
-    return FleetSpec(store=store, host=host, servers=servers, plan=str(plan_copy)), effective
+    return FleetSpec(store=store, host=host, servers=servers, plan=str(plan_copy), preload=SERVE_PRELOAD), effective
 
 
 def _plan_devices(wanted: list[str], on_cpu: bool, total: int) -> list[Device]:

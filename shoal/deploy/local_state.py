@@ -110,6 +110,19 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process for good."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def same_process(pid: int, started: int | None) -> bool:
+    """True if ``pid`` is still the process that was recorded (not a reused pid)."""
+    return pid_alive(pid) and started is not None and start_time(pid) == started
+
+
 def signal_group(pgid: int, sig: int) -> bool:
     """Signal a whole process group (a server and anything it spawned); False if it is gone."""
     try:

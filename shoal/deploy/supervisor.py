@@ -6,53 +6,36 @@ its own process group with its pinning environment, restarts a dead one at once
 (with exponential backoff while it keeps dying), and on SIGTERM stops them all:
 SIGTERM, a grace period, then SIGKILL. Servers also get SIGTERM from the kernel if
 the supervisor itself is killed (PR_SET_PDEATHSIG), so no server outlives it.
+Servers are forked from a warm zygote (zygote.py) so a restart skips the imports.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from shoal.deploy.local_fleet import FleetSpec, ServerSpec
-from shoal.deploy.local_state import FleetPaths, terminate_groups, try_lock, write_json
+from shoal.deploy.local_state import FleetPaths, start_time, terminate_groups, try_lock, write_json
+from shoal.deploy.spawn import Reaper, Zygote, become_subreaper, exec_spawn
 
 POLL_S = 0.2
 STABLE_S = 10.0  # a server that ran this long before dying is restarted at once
 BACKOFF_S = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
-_PR_SET_PDEATHSIG = 1
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def _pin_child(cores: list[int] | None) -> Callable[[], None]:
-    """Runs in the child between fork and exec: own process group, die with the supervisor, CPU affinity."""
-
-    def setup() -> None:
-        os.setpgid(0, 0)
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-        if cores and hasattr(os, "sched_setaffinity"):
-            wanted = set(cores) & os.sched_getaffinity(0)
-            if wanted:
-                os.sched_setaffinity(0, wanted)
-
-    return setup
-
-
-def _describe_exit(code: int) -> str:
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exited"
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name}"
@@ -61,49 +44,50 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
+Spawner = Callable[[ServerSpec, Path], int]
+
+
 @dataclass
 class Child:
     spec: ServerSpec
     log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+    pid: int | None = None
+    pid_start: int | None = None  # /proc start time: tells `stop` this pid is still our server
     started_at: float = 0.0
     starts: int = 0
     failures: int = 0  # consecutive quick deaths
     next_start: float = 0.0
     last_exit: str | None = None
     last_exit_at: str | None = None
-    history: list[str] = field(default_factory=list)
 
     @property
     def restarts(self) -> int:
         return max(0, self.starts - 1)
 
-    def start(self, log: Callable[[str], None]) -> None:
-        env = {**os.environ, **self.spec.env}
+    def start(self, spawn: Spawner, reaper: Reaper, log: Callable[[str], None]) -> None:
         with open(self.log_path, "ab") as out:
             out.write(f"--- {_now()} shoal supervisor: starting {self.spec.name} "
                       f"(start {self.starts + 1}): {' '.join(self.spec.argv)}\n".encode())
-            out.flush()
-            try:
-                self.proc = subprocess.Popen(self.spec.argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                             stderr=subprocess.STDOUT, preexec_fn=_pin_child(self.spec.cores))
-            except OSError as exc:
-                self.proc = None
-                self._died(f"could not be started: {exc}", time.monotonic(), log)
-                return
-        self.starts += 1
         self.started_at = time.monotonic()
-        log(f"{self.spec.name}: started pid {self.proc.pid} on port {self.spec.port}, device {self.spec.device}")
+        try:
+            self.pid = spawn(self.spec, self.log_path)
+            reaper.watch(self.pid)
+            self.pid_start = start_time(self.pid)
+        except OSError as exc:
+            self.pid = None
+            self._died(f"could not be started: {exc}", time.monotonic(), log)
+            return
+        self.starts += 1
+        log(f"{self.spec.name}: started pid {self.pid} on port {self.spec.port}, device {self.spec.device}")
 
-    def check(self, log: Callable[[str], None]) -> bool:
+    def check(self, reaper: Reaper, log: Callable[[str], None]) -> bool:
         """Notice a dead server and schedule its restart; True if anything changed."""
-        if self.proc is None:
+        if self.pid is None:
             return False
-        code = self.proc.poll()
-        if code is None:
+        dead, code = reaper.exited(self.pid)
+        if not dead:
             return False
-        pid = self.proc.pid
-        self.proc = None
+        pid, self.pid = self.pid, None
         terminate_groups([pid], 1.0)  # anything the server spawned goes with it
         self._died(f"(pid {pid}) {_describe_exit(code)}", time.monotonic(), log)
         return True
@@ -124,12 +108,13 @@ class Child:
         log(line)
 
     def due(self, now: float) -> bool:
-        return self.proc is None and now >= self.next_start
+        return self.pid is None and now >= self.next_start
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        running = self.proc is not None
+        running = self.pid is not None
         return {
-            "pid": self.proc.pid if running else None,
+            "pid": self.pid,
+            "pid_start": self.pid_start if running else None,
             "state": "running" if running else ("backoff" if self.failures > 1 else "restarting"),
             "starts": self.starts,
             "restarts": self.restarts,
@@ -148,6 +133,9 @@ class Supervisor:
         self.children = [Child(s, paths.server_log(s.name)) for s in fleet.servers]
         self.stopping = False
         self.started_at = _now()
+        self.reaper = Reaper()
+        self.zygote: Zygote | None = None
+        self.subreaper = become_subreaper()  # orphans of servers come to us, and are reaped
 
     def log(self, msg: str) -> None:
         print(f"{_now()} {msg}", flush=True)
@@ -156,19 +144,48 @@ class Supervisor:
         now = time.monotonic()
         write_json(self.paths.state, {
             "supervisor_pid": os.getpid(), "phase": phase, "started_at": self.started_at, "updated_at": _now(),
+            "zygote_pid": self.zygote.pid if self.zygote else None,
             "servers": {c.spec.name: c.snapshot(now) for c in self.children},
         })
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stopping = True
 
+    def _start_zygote(self) -> None:
+        """Warm fork server; without it servers start cold (slower, same behaviour)."""
+        if not self.fleet.warm_fork:
+            return
+        zygote = Zygote(self.fleet.preload, self.paths.supervisor_log, os.getpid() if self.subreaper else None)
+        t0 = time.monotonic()
+        try:
+            zygote.start()
+        except (RuntimeError, OSError) as exc:
+            self.log(f"warm start unavailable ({exc}): servers start cold")
+            return
+        self.zygote = zygote
+        self.log(f"zygote pid {zygote.pid} preloaded {len(self.fleet.preload)} module(s) in "
+                 f"{time.monotonic() - t0:.1f} s; servers are forked from it")
+
+    def spawn(self, spec: ServerSpec, log_path: Path) -> int:
+        env = {**os.environ, **spec.env}
+        if self.zygote is not None:
+            try:
+                return self.zygote.spawn(spec.argv, env, spec.cores, log_path, f"shoal {spec.name}")
+            except RuntimeError as exc:
+                self.log(f"{exc}: starting {spec.name} cold, and the zygote again")
+                self.zygote = None
+                self._start_zygote()
+        return exec_spawn(spec.argv, env, spec.cores, log_path)
+
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.log(f"supervisor pid {os.getpid()}: {len(self.children)} server(s), store {self.fleet.store}")
+        self._start_zygote()
         for c in self.children:
-            c.start(self.log)
+            if not self.stopping:
+                c.start(self.spawn, self.reaper, self.log)
         self.write_state("running")
         last_write = time.monotonic()
         while not self.stopping:
@@ -177,9 +194,9 @@ class Supervisor:
             for c in self.children:
                 if self.stopping:
                     break
-                changed |= c.check(self.log)
+                changed |= c.check(self.reaper, self.log)
                 if c.due(now) and not self.stopping:
-                    c.start(self.log)
+                    c.start(self.spawn, self.reaper, self.log)
                     changed = True
             if changed or now - last_write > 1.0:
                 self.write_state("running")
@@ -189,16 +206,15 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self.write_state("stopping")
-        procs = [c.proc for c in self.children if c.proc is not None]
-        self.log(f"stopping {len(procs)} server(s): SIGTERM, SIGKILL after {self.fleet.grace_s:.0f} s")
-        killed = terminate_groups([p.pid for p in procs], self.fleet.grace_s, self.log)
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        pids = [c.pid for c in self.children if c.pid is not None]
+        self.log(f"stopping {len(pids)} server(s): SIGTERM, SIGKILL after {self.fleet.grace_s:.0f} s")
+        killed = terminate_groups(pids, self.fleet.grace_s, self.log)
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
+        self.reaper.reap()
         for c in self.children:
-            c.proc = None
+            c.pid = None
         self.write_state("stopped")
         self.log(f"stopped ({len(killed)} needed SIGKILL)")
 
