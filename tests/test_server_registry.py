@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import re
 
+from typing import Iterator
+
 import httpx
+import pytest
 
 from shoal.server.registry import model_cost
 from shoal.store.base import ModelStore
@@ -23,30 +26,34 @@ def metric(text: str, name: str, model: str, extra: str = "") -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def test_lazy_load_and_single_flight(store_uri: str) -> None:
+@pytest.fixture(scope="module")
+def lazy(store_uri: str) -> Iterator[ServerProcess]:
+    """The whole tiny store, nothing preloaded."""
     proc = ServerProcess(["--store", store_uri, "--preload", "none"]).start()
-    try:
-        with proc.client() as c:
-            assert {m["state"] for m in states(c).values() if m["id"] != "broken"} == {"unloaded"}
+    yield proc
+    proc.stop()
 
-            async def burst() -> list[httpx.Response]:
-                limits = httpx.Limits(max_connections=100)
-                async with httpx.AsyncClient(base_url=proc.url, timeout=60, limits=limits) as ac:
-                    return await asyncio.gather(*(ac.post("/predictions/tiny-cls", json={"text": f"t {i}"})
-                                                  for i in range(100)))
 
-            responses = asyncio.run(burst())
-            assert [r.status_code for r in responses] == [200] * 100
-            entry = states(c)["tiny-cls"]
-            assert entry["state"] == "ready" and entry["loads"] == 1
-            text = c.get("/metrics").text
-            assert metric(text, "shoal_model_loads_total", "tiny-cls", 'result="ok"') == 1.0
-            assert metric(text, "shoal_model_cache_misses_total", "tiny-cls") >= 1
-            assert metric(text, "shoal_model_cache_hits_total", "tiny-cls") + \
-                metric(text, "shoal_model_cache_misses_total", "tiny-cls") == 100
-            assert states(c)["tiny-emb"]["state"] == "unloaded"  # nothing else was loaded
-    finally:
-        proc.stop()
+def test_lazy_load_and_single_flight(lazy: ServerProcess) -> None:
+    with lazy.client() as c:
+        assert {m["state"] for m in states(c).values() if m["id"] != "broken"} == {"unloaded"}
+
+        async def burst() -> list[httpx.Response]:
+            limits = httpx.Limits(max_connections=100)
+            async with httpx.AsyncClient(base_url=lazy.url, timeout=60, limits=limits) as ac:
+                return await asyncio.gather(*(ac.post("/predictions/tiny-cls", json={"text": f"t {i}"})
+                                              for i in range(100)))
+
+        responses = asyncio.run(burst())
+        assert [r.status_code for r in responses] == [200] * 100
+        entry = states(c)["tiny-cls"]
+        assert entry["state"] == "ready" and entry["loads"] == 1
+        text = c.get("/metrics").text
+        assert metric(text, "shoal_model_loads_total", "tiny-cls", 'result="ok"') == 1.0
+        assert metric(text, "shoal_model_cache_misses_total", "tiny-cls") >= 1
+        assert metric(text, "shoal_model_cache_hits_total", "tiny-cls") + \
+            metric(text, "shoal_model_cache_misses_total", "tiny-cls") == 100
+        assert states(c)["tiny-emb"]["state"] == "unloaded"  # nothing else was loaded
 
 
 def test_lru_eviction_under_budget(store_uri: str, tiny_store: ModelStore) -> None:
@@ -110,17 +117,12 @@ def test_busy_model_is_never_evicted(store_uri: str, tiny_store: ModelStore) -> 
         proc.stop()
 
 
-def test_explicit_load_and_unload(store_uri: str) -> None:
-    proc = ServerProcess(["--store", store_uri, "--models", "tiny-cls,tiny-qa", "--preload", "none"]).start()
-    try:
-        with proc.client() as c:
-            loaded = c.post("/models/tiny-qa/load")
-            assert loaded.status_code == 200 and loaded.json()["state"] == "ready"
-            assert c.get("/v2/models/tiny-qa/ready").status_code == 200
-            unloaded = c.delete("/models/tiny-qa")
-            assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded"
-            assert c.get("/v2/models/tiny-qa/ready").status_code == 503
-            assert c.post("/predictions/tiny-emb", json={"text": "x"}).status_code == 404  # not in this catalog
-            assert c.get("/models/tiny-cls").json()["state"] == "unloaded"
-    finally:
-        proc.stop()
+def test_explicit_load_and_unload(lazy: ServerProcess) -> None:
+    with lazy.client() as c:
+        assert c.get("/models/tiny-qa").json()["state"] == "unloaded"
+        loaded = c.post("/models/tiny-qa/load")
+        assert loaded.status_code == 200 and loaded.json()["state"] == "ready"
+        assert c.get("/v2/models/tiny-qa/ready").status_code == 200
+        unloaded = c.delete("/models/tiny-qa")
+        assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded"
+        assert c.get("/v2/models/tiny-qa/ready").status_code == 503
