@@ -81,12 +81,11 @@ def plot_latency_throughput(rows: list[dict], out: Path) -> Path:
 
 def plot_throughput_batch(rows: list[dict], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    names = {"inprocess": "in-process (no HTTP)", "served": "served (best over clients)"}
     for path_name, marker in (("inprocess", "s"), ("served", "o")):
         for prec, pts in sorted(_series(rows, path_name).items()):
             xs, ys = [b for b, _ in pts], [t for _, t in pts]
-            line, = ax.plot(xs, ys, _STYLES.get(prec, "-"), marker=marker,
-                            label=f"{'in-process (no HTTP)' if path_name == 'inprocess' else 'served (best over clients)'}"
-                                  f", {prec}")
+            line, = ax.plot(xs, ys, _STYLES.get(prec, "-"), marker=marker, label=f"{names[path_name]}, {prec}")
             k = knee(pts)
             if k is not None:
                 ky = dict(pts)[k]
