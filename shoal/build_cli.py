@@ -13,7 +13,7 @@ from shoal.config import load_settings
 from shoal.errors import UsageError
 
 console = Console(stderr=True)
-DEFAULT_MODELS = ("minilm-embed", "minilm-cls", "bert-base-qa")
+DEFAULT_MODELS = ("minilm-embed", "minilm-cls", "bert-base-qa", "yolov8n")  # yolov8n: + .venv-video (~3 min once)
 
 
 def catalog_files(models_dir: Path, names: list[str] | None) -> list[Path]:

@@ -68,6 +68,8 @@ class ModelSpec(BaseModel):
             raise ValueError("a classification model needs labels")
         if any(b < 1 for b in self.batch_sizes):
             raise ValueError("batch_sizes must be positive")
+        if (self.kind == "detector") != (self.task == "detection"):
+            raise ValueError("kind detector and task detection go together")
         return self
 
     def digest(self) -> str:

@@ -63,6 +63,10 @@ def trace_key(spec: ModelSpec, opts: TraceOptions) -> str:
 
 def trace_spec(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[Manifest, bool]:
     """Trace one catalog entry into the store. Returns (manifest, traced_now); up-to-date models are skipped."""
+    if spec.kind == "detector":  # exported by Ultralytics in its own venv, not traced here
+        from shoal.trace.detector import trace_detector
+
+        return trace_detector(spec, store, opts)
     key = trace_key(spec, opts)
     if not opts.force and store.exists(spec.id):
         existing = store.read_manifest(spec.id)
