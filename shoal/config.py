@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     max_batch_size: int | None = None
     max_delay_ms: float | None = None
     max_queue_per_model: int = 256
+    batch_fairness: float = Field(0.1, description="a request may join an older batch-mate's batch only if it "
+                                                   "overtakes other models' requests by at most this fraction "
+                                                   "of the average queue time (inf: batch greedily)")
     max_queue_total: int = 4096
     request_timeout_s: float = 30.0
     max_body_bytes: int = 8 * 1024 * 1024

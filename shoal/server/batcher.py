@@ -26,6 +26,7 @@ from shoal.server.handlers.base import Handler, StageTimes
 from shoal.server.metrics import ModelMetrics
 
 CONCURRENCY_ALPHA = 0.2  # weight of the newest sample in the per-model concurrency average
+WAIT_ALPHA = 0.02  # weight of the newest request in the queue-time average
 
 
 @dataclass(eq=False, slots=True)
@@ -67,9 +68,11 @@ class ModelBatcher:
 class Scheduler:
     """Shares one device's executor threads among every model's queue, oldest request first."""
 
-    def __init__(self, executor: DeviceExecutor, max_queue_total: int) -> None:
+    def __init__(self, executor: DeviceExecutor, max_queue_total: int, fairness: float = 0.1) -> None:
         self.executor = executor
         self.max_queue_total = max_queue_total
+        self.fairness = fairness
+        self.wait_avg_s = 0.0  # moving average of queue time: what "overtaking" is measured against
         self.free = executor.executors
         self.queued_total = 0
         self.busy_s = 0.0
@@ -138,9 +141,17 @@ class Scheduler:
             fut.add_done_callback(lambda f, b=b, batch=batch: loop.call_soon_threadsafe(self._done, b, batch, f))
 
     def _take(self, b: ModelBatcher) -> list[Pending]:
+        """The head request plus later ones of the same model, up to max_batch inputs.
+
+        A later request joins only if it would not overtake another model's older request by
+        more than ``fairness`` x the average queue time: batching must not buy throughput with
+        unfair latency (with many models, most requests find an older one of their model queued).
+        """
         batch: list[Pending] = []
         count = 0
-        while b.queue and (not batch or count + len(b.queue[0].inputs) <= b.max_batch):
+        limit = self._heap[0][0] + self.fairness * self.wait_avg_s if self._heap else float("inf")
+        while b.queue and (not batch or (count + len(b.queue[0].inputs) <= b.max_batch
+                                          and b.queue[0].enqueued <= limit)):
             p = b.queue.popleft()
             p.running = True
             count += len(p.inputs)
@@ -192,6 +203,7 @@ class Scheduler:
                 if p.timer:
                     p.timer.cancel()
                 p.queue_s = max(0.0, started - p.enqueued)
+                self.wait_avg_s += WAIT_ALPHA * (p.queue_s - self.wait_avg_s)
                 p.times = times
                 p.batch_size = size
                 m.queue.observe(p.queue_s)  # type: ignore[attr-defined]

@@ -25,6 +25,8 @@ def serve(
     preload: Annotated[Optional[str], typer.Option(help="all | none | N models loaded at start")] = None,
     max_batch_size: Annotated[Optional[int], typer.Option(help="override every manifest's max batch")] = None,
     max_delay_ms: Annotated[Optional[float], typer.Option(help="override every manifest's batching delay")] = None,
+    batch_fairness: Annotated[Optional[float], typer.Option(help="how far (x average queue time) a batch-mate "
+                                                                 "may overtake other models' requests")] = None,
     request_timeout: Annotated[Optional[float], typer.Option("--request-timeout", help="seconds before 504")] = None,
     token: Annotated[Optional[str], typer.Option(help="bearer token for /models routes (or SHOAL_TOKEN)")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
@@ -59,7 +61,7 @@ def serve(
         catalog = list(dict.fromkeys(catalog))
     settings = load_settings(store=store, device=device, host=host, port=port, executors=executors,
                              threads=threads, memory_budget=memory_budget, preload=preload,
-                             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
+                             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, batch_fairness=batch_fairness,
                              request_timeout_s=request_timeout, token=token)
     _check(settings)
     from shoal.server.serve import run

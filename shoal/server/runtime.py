@@ -46,7 +46,7 @@ class Runtime:
         threads = threads_per_executor(device, settings.executors, settings.threads)
         self.executor = DeviceExecutor(device, settings.executors, threads)
         self.loader = loader_pool(settings.load_workers)
-        self.scheduler = Scheduler(self.executor, settings.max_queue_total)
+        self.scheduler = Scheduler(self.executor, settings.max_queue_total, settings.batch_fairness)
         size = len(catalog) if catalog is not None else len(self.store.list_ids())
         self.metrics = Metrics(size, settings.per_model_metrics_limit)
         batching = BatchDefaults(settings.max_batch_size, settings.max_delay_ms, settings.max_queue_per_model)
