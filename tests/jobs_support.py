@@ -12,6 +12,8 @@ from typing import Iterator
 
 import pytest
 
+from shoal.store.local import LocalStore
+from shoal.trace.tiny import make_tiny_model
 from tests.redis_server import start_redis
 
 
@@ -75,3 +77,47 @@ def valid_signature(secret: str, delivery: dict) -> bool:
 
 def result_files(root: Path) -> list[Path]:
     return sorted(p for p in (root / "results").rglob("*") if p.is_file())
+
+
+def clone_model(root: Path, src: str, dst: str) -> None:
+    """A copy of a traced model under another id (same files, manifest id changed): cheaper than tracing."""
+    import shutil
+
+    shutil.copytree(root / src, root / dst)
+    manifest = json.loads((root / dst / "shoal.json").read_text())
+    manifest["id"] = dst
+    (root / dst / "shoal.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="session")
+def async_models(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A store URI with tiny-a, tiny-b (classifiers) and broken (its weights corrupted: every load fails)."""
+    root = tmp_path_factory.mktemp("async-models")
+    store = LocalStore(root / "store")
+    make_tiny_model(store, "tiny-a", task="classification", build_dir=root / "build")
+    clone_model(root / "store", "tiny-a", "tiny-b")
+    clone_model(root / "store", "tiny-a", "broken")
+    with open(root / "store" / "broken" / "model.pt", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"corrupted")
+    return store.uri
+
+
+def wait_for(predicate, timeout_s: float = 60.0, every_s: float = 0.05, what: str = "condition"):  # type: ignore
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def env_for(tmp: Path, queue: str, **extra: str) -> dict[str, str]:
+    """Environment of a server or worker with its own state dir, queue and job store."""
+    return {"SHOAL_STATE_DIR": str(tmp / "state"), "SHOAL_ASYNC_QUEUE": queue,
+            "SHOAL_ASYNC_STORE": f"file://{tmp / 'jobs'}", "SHOAL_CACHE_DIR": str(tmp / "cache"), **extra}
