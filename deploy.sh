@@ -7,6 +7,7 @@
 # with --plan, one process per server of the plan. docker and kubernetes render/run the plan.
 # Every other flag goes to `shoal deploy <runtime>` (see `shoal deploy local --help`).
 set -euo pipefail
+caller="$PWD"
 cd "$(dirname "$0")"
 source build/setup-env.sh
 
@@ -20,6 +21,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --runtime) runtime="${2:?--runtime needs local, docker or kubernetes}"; shift 2 ;;
     --runtime=*) runtime="${1#--runtime=}"; shift ;;
+    --plan) plan="${2:?--plan needs a file}"; [[ "$plan" = /* ]] || plan="$caller/$plan"; args+=(--plan "$plan"); shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
 done

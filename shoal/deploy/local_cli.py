@@ -29,8 +29,9 @@ def _models_text(models: list[str] | None, limit: int = 4) -> str:
 
 
 def _print_endpoints(fleet: Any) -> None:
+    width = max(len(s.name) for s in fleet.servers)
     for s in fleet.servers:
-        out.print(f"  {s.name:<12} {s.url:<24} {s.device:<9} {_models_text(s.models)}")
+        out.print(f"  {s.name:<{width}}  {s.url:<24} {s.device:<9} {_models_text(s.models)}")
 
 
 def _print_example(settings: Any, fleet: Any) -> None:

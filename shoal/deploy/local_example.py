@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from shoal.deploy.local_fleet import FleetSpec
+from shoal.deploy.local_fleet import FleetSpec, ServerSpec
 from shoal.errors import ShoalError
 from shoal.store import ModelStore
 
@@ -56,14 +56,18 @@ def _task_of(store: ModelStore, model_id: str) -> str | None:
 
 
 def pick_example(fleet: FleetSpec, store: ModelStore) -> Example | None:
-    """A text model of the first server if there is one (classification first, as in the README)."""
-    server = fleet.servers[0]
-    candidates = server.models if server.models is not None else store.list_ids()
-    tasks = {m: _task_of(store, m) for m in candidates[:50]}
-    ranked = sorted(tasks, key=lambda m: _TASK_ORDER.index(tasks[m]) if tasks[m] in _TASK_ORDER else 99)
-    if not ranked:
+    """A text model if the fleet has one (classification first, as in the README), on a server serving it."""
+    every = store.list_ids() if any(s.models is None for s in fleet.servers) else []
+    candidates: list[tuple[str, ServerSpec]] = []
+    for server in fleet.servers:
+        for m in (server.models if server.models is not None else every)[:50]:
+            candidates.append((m, server))
+    tasks = {m: _task_of(store, m) for m, _ in candidates}
+    rank = {t: i for i, t in enumerate(_TASK_ORDER)}
+    candidates.sort(key=lambda c: rank.get(tasks[c[0]] or "", 99))  # stable: first server wins ties
+    if not candidates:
         return None
-    model_id = ranked[0]
+    model_id, server = candidates[0]
     task = tasks[model_id]
     if task in ("classification", "embedding"):
         return Example(model_id, f"{server.url}/predictions/{model_id}", {"text": _TEXT})
