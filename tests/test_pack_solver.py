@@ -54,6 +54,18 @@ def test_memory_heavy_pairs_with_compute_heavy() -> None:
                for dev in inst.devices)
 
 
+def test_exact_solver_beats_the_greedy_rules_on_small_problems() -> None:
+    """Seven models fit three devices only one way; the greedy rules need four, HiGHS proves three."""
+    mem = [0.32, 0.58, 0.38, 0.23, 0.22, 0.54, 0.21]
+    comp = [0.07, 0.17, 0.35, 0.33, 0.49, 0.34, 0.17]
+    d = demands(mem, comp, [itype("one", 1, 1.0), itype("three", 3, 2.5)])
+    greedy = solve(d, exact=False)
+    r = solve(d)
+    assert_valid(d, r.packing)
+    assert greedy.cost == pytest.approx(4.0)
+    assert r.cost == pytest.approx(2.5) and r.optimal and r.method.startswith("exact")
+
+
 def test_bound_charges_for_big_models() -> None:
     """Three models of 0.55: capacity says 2 devices, any packing needs 3; the DFF rows see it."""
     d = demands([0.55 * 0.9] * 3, None, [itype("a")])
@@ -64,6 +76,21 @@ def test_limited_type_that_cannot_hold_everything_names_the_constraint() -> None
     d = demands([0.5] * 5, None, [itype("local", 2, 0.0, max_count=1)])
     with pytest.raises(UsageError, match="memory"):
         solve(d)
+
+
+def test_limited_types_fall_back_to_the_exact_solver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When no greedy packing fits the one local machine, the MILP still finds one."""
+    import shoal.pack.solver as solver
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise UsageError("greedy rules found nothing")
+
+    monkeypatch.setattr(solver, "guided", refuse)
+    monkeypatch.setattr(solver, "single_type", lambda *_a: None)
+    d = demands([0.8, 0.8, 0.1, 0.1], [0.1, 0.1, 0.8, 0.8], [itype("local", 2, 0.0, max_count=1)])
+    r = solve(d)
+    assert_valid(d, r.packing)
+    assert r.method.startswith("exact") and len(r.packing.instances) == 1
 
 
 def test_dual_feasible_functions_are_valid() -> None:

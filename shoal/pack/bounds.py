@@ -92,7 +92,7 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
     # Pure LP first: fast and always a valid bound; then integer instance counts on top.
     res = milp(c, bounds=bounds, constraints=cons, options={"time_limit": time_limit, "disp": False})
     if res.status == 2:
-        return Bound(np.inf, None, None, True, feasible=False, tightest=_tightest(d))
+        return Bound(np.inf, None, None, True, feasible=False, tightest=tightest(d))
     if res.x is None:
         return Bound(0.0, None, None, False)
     best_x, value, proven = res.x, float(res.fun), res.status == 0
@@ -106,7 +106,7 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
     integral = milp(c, integrality=np.concatenate([np.zeros(nx), np.ones(k)]), bounds=bounds, constraints=cons,
                     options={"time_limit": min(1.0, time_limit), "mip_rel_gap": 1e-6, "disp": False})
     if integral.status == 2:
-        return Bound(np.inf, None, None, True, feasible=False, tightest=_tightest(d))
+        return Bound(np.inf, None, None, True, feasible=False, tightest=tightest(d))
     dual = getattr(integral, "mip_dual_bound", None)
     if dual is not None and np.isfinite(dual) and dual > value:
         value = float(dual)
@@ -135,7 +135,7 @@ def _representable(prices: np.ndarray, max_counts: np.ndarray, at_least: float) 
     return max(at_least, float(dual)) if dual is not None and np.isfinite(dual) else at_least
 
 
-def _tightest(d: Demands) -> str:
+def tightest(d: Demands) -> str:
     """Name the limit that fails when capped types (``local``) cannot hold the models.
 
     Only models with no uncapped alternative count against a capped type.

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from shoal.errors import UsageError
-from shoal.pack.bounds import lower_bound
+from shoal.pack.bounds import lower_bound, tightest
 from shoal.pack.demand import Demands
 from shoal.pack.exact import MAX_ASSIGN_VARS, problem_size, solve_exact
 from shoal.pack.heuristic import guided, single_type
@@ -60,7 +60,12 @@ def solve(d: Demands, time_limit: float = 5.0, exact: bool = True, start: Packin
     if start is None:
         if singles is None:
             singles = [p for t in range(len(d.types)) if (p := single_type(d, t))]
-        candidates = [guided(d, bound.x)] + list(singles)
+        candidates = list(singles)
+        try:
+            candidates.append(guided(d, bound.x))
+        except UsageError:
+            if not candidates:  # limited types (local) the greedy rules cannot fill: only the MILP can
+                return _exact_only(d, bound.value, t0, time_limit)
         best = min(candidates, key=lambda p: (p.cost(d), len(p.instances)))
     else:
         best = start
@@ -82,3 +87,14 @@ def solve(d: Demands, time_limit: float = 5.0, exact: bool = True, start: Packin
         optimal = True
         lb = cost
     return Result(best, cost, lb, method, time.monotonic() - t0, optimal)
+
+
+def _exact_only(d: Demands, bound: float, t0: float, time_limit: float) -> Result:
+    """No greedy packing respects the limited instance counts: ask the MILP, or say why not."""
+    if problem_size(d, float("inf")) <= MAX_ASSIGN_VARS:
+        r = solve_exact(d, float("inf"), max(0.5, time_limit - (time.monotonic() - t0)))
+        if r.packing is not None:
+            cost = r.packing.cost(d)
+            lb = cost if r.optimal else max(bound, min(r.bound, cost))
+            return Result(r.packing, cost, lb, "exact: HiGHS MILP", time.monotonic() - t0, r.optimal)
+    raise UsageError(f"no plan found within the limits; tightest constraint: {tightest(d)}")
