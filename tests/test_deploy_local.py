@@ -30,6 +30,7 @@ from tests.test_deploy_local_supervisor import free_ports, wait_for
 pytestmark = pytest.mark.skipif(
     not (Path(__file__).parent.parent / "shoal" / "server" / "cli.py").exists(), reason="shoal serve not built yet")
 
+REPO = Path(__file__).parent.parent
 TEXT = {"text": "The delivery was late but the support team was wonderful."}
 
 
@@ -56,6 +57,11 @@ class Deploy:
     def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "shoal.cli", "deploy", *args], cwd=self.cwd, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
+
+    def script(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """The user's way in: ./deploy.sh (it activates the repo's virtualenv)."""
+        return subprocess.run([str(REPO / "deploy.sh"), *args], cwd=self.cwd, env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
 
     def server_pids(self) -> dict[str, int]:
         servers = read_json(self.paths.state).get("servers", {})
@@ -88,7 +94,7 @@ def ready(base: str) -> bool:
 
 def test_two_workers_restart_and_clean_stop(deploy: Deploy) -> None:
     base = free_ports(2)
-    proc = deploy("local", "--workers", "2", "--port", str(base), "--timeout", "90")
+    proc = deploy.script("--workers", "2", "--port", str(base), "--timeout", "90")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     urls = [f"http://127.0.0.1:{base}", f"http://127.0.0.1:{base + 1}"]
     for url in urls:
@@ -125,11 +131,19 @@ def test_two_workers_restart_and_clean_stop(deploy: Deploy) -> None:
     assert "==> supervisor" in logs and "killed by SIGKILL" in logs
 
     pids = list(deploy.server_pids().values()) + [read_pid(deploy.paths.pid)]
-    stopped = deploy("stop", timeout=60)
+    stopped = deploy.script("stop", timeout=60)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not any(pid_alive(p) for p in pids if p)
     assert not any(port_in_use("127.0.0.1", base + i) for i in range(2))
-    assert "no local fleet is running" in deploy("status").stdout
+    assert "no local fleet is running" in deploy.script("status").stdout
+
+
+def test_deploy_script_bad_input_is_one_line(deploy: Deploy) -> None:
+    for args, words in [(["--runtime", "nomad"], "unknown runtime 'nomad'"), (["--workers", "99"], "--workers 99"),
+                        (["--plan", "missing.json"], "missing.json does not exist")]:
+        proc = deploy.script(*args, timeout=60)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode != 0 and len(lines) == 1 and words in lines[0], proc.stderr
 
 
 def test_plan_runs_one_process_per_server(deploy: Deploy, tmp_path: Path) -> None:

@@ -206,3 +206,18 @@ def test_stop_cleans_up_after_a_killed_supervisor(state: tuple[Settings, FleetPa
     assert pid_alive(pid)
     assert stop(paths) == (True, 0)
     assert not pid_alive(pid)
+
+
+def test_a_dead_zygote_costs_one_cold_start_and_comes_back(state: tuple[Settings, FleetPaths]) -> None:
+    settings, paths = state
+    fleet = stub_fleet(free_ports(2))
+    launch(paths, fleet)
+    wait_ready(settings, fleet, timeout_s=20)
+    zygote = read_json(paths.state)["zygote_pid"]
+    os.kill(zygote, signal.SIGKILL)
+    assert all(probe_ready(s) for s in fleet.servers)  # servers are not the zygote's children
+    victim = server_pids(paths)["stub-0"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: server_pids(paths).get("stub-0") not in (None, victim) and probe_ready(fleet.servers[0]), 10)
+    wait_for(lambda: read_json(paths.state).get("zygote_pid") not in (None, zygote), 20)
+    assert "the zygote is gone" in paths.supervisor_log.read_text()

@@ -61,7 +61,8 @@ class FleetSpec(BaseModel):
 
     def same_servers(self, other: "FleetSpec") -> bool:
         """True when ``other`` would run the same processes (used to make a second deploy a no-op)."""
-        key = lambda f: [(s.name, s.host, s.port, s.device, s.models, s.argv) for s in f.servers]  # noqa: E731
+        # argv[0] is whichever interpreter path ran the CLI (python, python3): not a difference.
+        key = lambda f: [(s.name, s.host, s.port, s.device, s.models, s.argv[1:]) for s in f.servers]  # noqa: E731
         return self.store == other.store and key(self) == key(other)
 
     def save(self, path: Path) -> None:

@@ -172,9 +172,11 @@ class Supervisor:
             try:
                 return self.zygote.spawn(spec.argv, env, spec.cores, log_path, f"shoal {spec.name}")
             except RuntimeError as exc:
-                self.log(f"{exc}: starting {spec.name} cold, and the zygote again")
+                self.log(f"{exc}: starting {spec.name} cold, then the zygote again")
                 self.zygote = None
+                pid = exec_spawn(spec.argv, env, spec.cores, log_path)
                 self._start_zygote()
+                return pid
         return exec_spawn(spec.argv, env, spec.cores, log_path)
 
     def run(self) -> None:
