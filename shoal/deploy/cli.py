@@ -64,6 +64,14 @@ def kubernetes(
     role_arn: Annotated[Optional[str], typer.Option(help="IAM role for the servers' ServiceAccount (IRSA)")] = None,
     s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint of the store")] = None,
     catalog: CatalogOpt = None,
+    async_queue: Annotated[Optional[str], typer.Option(help="redis://HOST:PORT/DB: servers take /async jobs "
+                                                            "and KEDA scales them, to zero when idle")] = None,
+    async_store: Annotated[Optional[str], typer.Option(help="s3://bucket/prefix for job payloads and results "
+                                                            "(default: <store>/_async)")] = None,
+    async_servers: Annotated[Optional[str], typer.Option(help="comma-separated servers to make async (default: "
+                                                              "all)")] = None,
+    async_redis_password: Annotated[bool, typer.Option(help="read the Redis password from Secret shoal-async")] =
+        False,
 ) -> None:
     """Render Namespace, per-server Deployment/Service/HPA/PDB, routing, add-ons; optionally apply."""
     from shoal.deploy.kubernetes import render
@@ -83,7 +91,16 @@ def kubernetes(
         service_monitor=service_monitor, prometheus_url=prometheus_url, role_arn=role_arn,
         s3_endpoint_url=s3_endpoint_url or settings.s3_endpoint_url,
         request_timeout_s=max(1, int(settings.request_timeout_s)))
-    rendered = render(the_plan, opts, catalog)
+    async_opts = None
+    if async_queue or async_store or async_servers:
+        from shoal.deploy.kubernetes_async import AsyncOptions
+
+        if not async_queue:
+            raise UsageError("--async-store and --async-servers need --async-queue redis://HOST:PORT/DB")
+        async_opts = AsyncOptions(queue=async_queue, store=async_store or f"{opts.store.rstrip('/')}/_async",
+                                  servers=tuple(x.strip() for x in (async_servers or "").split(",") if x.strip()),
+                                  redis_password=async_redis_password)
+    rendered = render(the_plan, opts, catalog, async_opts)
     folder = out or settings.state_dir / "kubernetes"
     write_tree(folder, rendered.texts(), {"plan": str(plan), "plan_id": rendered.plan_id,
                                           "namespace": namespace})

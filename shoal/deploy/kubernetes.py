@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.deploy import kubernetes_addons as addons
+from shoal.deploy.kubernetes_async import AsyncOptions, apply_async
 from shoal.deploy.kubernetes_autoscale import adapter_values, autoscaler, service_monitor
 from shoal.deploy.kubernetes_fleet import ServerSizing, size_fleet
 from shoal.deploy.kubernetes_options import APP, KubeOptions, labels, metadata
@@ -90,7 +91,8 @@ def _warnings(sizings: list[ServerSizing], gpu_slices: int) -> list[str]:
     return out
 
 
-def render(plan: Plan, opts: KubeOptions, catalog_path: Path | None = None) -> Rendered:
+def render(plan: Plan, opts: KubeOptions, catalog_path: Path | None = None,
+           async_opts: AsyncOptions | None = None) -> Rendered:
     """Check everything first (raises UsageError), then build every object in memory."""
     opts.check()
     sizings = size_fleet(plan, catalog_path=catalog_path, gpu_slices=opts.gpu_slices,
@@ -103,6 +105,8 @@ def render(plan: Plan, opts: KubeOptions, catalog_path: Path | None = None) -> R
         out.manifests["02-monitoring.yaml"] = [service_monitor(opts, pid)]
     for sizing in sizings:
         out.manifests[f"10-server-{sizing.server.name}.yaml"] = _server_docs(plan, sizing, opts, pid)
+    if async_opts is not None:  # queued inference: KEDA scales these servers, down to zero
+        apply_async(out.manifests, sizings, opts, async_opts, pid)
     by_processor: dict[str, list[str]] = {}
     for z in sizings:
         by_processor.setdefault(z.server.processor, []).append(z.instance.name)
