@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     port: int = 8080
     device: str = "cpu"
     threads: int | None = Field(None, description="torch intra-op threads (default: all cores of the slice)")
-    executors: int = Field(1, description="forward-pass executor threads per device")
+    executors: int | None = Field(None, description="forward-pass executor threads per device (default: one "
+                                                    "single-threaded executor per core on CPU, 1 on accelerators)")
     load_workers: int = Field(2, description="threads that fetch, verify and load models")
     capacity: int | None = Field(None, description="requests one process works on at once (default executors x "
                                                    "max batch); shoal_utilization = in-flight / capacity")

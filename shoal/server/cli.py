@@ -17,9 +17,9 @@ def serve(
     device: Annotated[Optional[str], typer.Option(help="cpu | cpu:A-B | cuda:N | neuron:A-B")] = None,
     host: Annotated[Optional[str], typer.Option(help="address to bind (default 127.0.0.1)")] = None,
     port: Annotated[Optional[int], typer.Option(help="port (default 8080; 0 picks a free one)")] = None,
-    executors: Annotated[Optional[int], typer.Option(help="forward-pass threads on the device")] = None,
+    executors: Annotated[Optional[int], typer.Option(help="forward-pass threads on the device (default: one per core on CPU)")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads per executor (default: cores / "
-                                                        "executors)")] = None,
+                                                        "executors, so 1 by default on CPU)")] = None,
     memory_budget: Annotated[Optional[str], typer.Option(help="resident model bytes before LRU eviction, e.g. "
                                                               "4GiB")] = None,
     preload: Annotated[Optional[str], typer.Option(help="all | none | N models loaded at start")] = None,
@@ -79,7 +79,8 @@ def _check(settings: "object") -> None:
     text = settings.preload.strip().lower()
     if text not in ("all", "none") and not (text.isdigit()):
         raise UsageError(f"--preload {settings.preload!r}: use all, none or a number of models")
-    if settings.executors < 1 or (settings.threads is not None and settings.threads < 1):
+    if (settings.executors is not None and settings.executors < 1) or (settings.threads is not None
+                                                                        and settings.threads < 1):
         raise UsageError("--executors and --threads must be at least 1")
     if not 0 <= settings.port <= 65535:
         raise UsageError(f"--port {settings.port}: must be between 0 and 65535")

@@ -41,11 +41,19 @@ def device_cores(device: Device) -> int:
     return os.cpu_count() or 1
 
 
-def threads_per_executor(device: Device, executors: int, threads: int | None) -> int:
-    """Torch threads each executor uses: the setting, else the slice's cores shared among executors."""
-    if threads:
-        return threads
-    return max(1, device_cores(device) // max(1, executors))
+def executor_layout(device: Device, executors: int | None, threads: int | None) -> tuple[int, int]:
+    """(executors, torch threads each). Default on CPU: one single-threaded executor per core.
+
+    With many models little batching happens, and on a shared or busy CPU a multi-threaded
+    forward stalls at every OpenMP barrier whenever one of its threads is preempted (by the
+    event loop, the tokenizer or a neighbour); independent single-threaded forwards do not.
+    Measured in docs/BENCHMARKS.md (## server). Accelerators take one executor (one stream).
+    """
+    cores = device_cores(device)
+    if executors is None:
+        executors = cores // (threads or 1) if device.kind == "cpu" else 1
+    executors = max(1, executors)
+    return executors, threads or max(1, cores // executors)
 
 
 class DeviceExecutor:

@@ -15,7 +15,7 @@ from shoal.config import Settings, parse_bytes
 from shoal.devices import Device
 from shoal.server.batcher import Pending, Scheduler
 from shoal.server.errors import ApiError, BadRequest, DeadlineExceeded
-from shoal.server.executor import DeviceExecutor, loader_pool, threads_per_executor
+from shoal.server.executor import DeviceExecutor, loader_pool, executor_layout
 from shoal.server.handlers.base import Handler, Parsed
 from shoal.server.metrics import Metrics
 from shoal.server.registry import BatchDefaults, ModelEntry, Registry
@@ -43,8 +43,8 @@ class Runtime:
         self.settings = settings
         self.device = device
         self.store = store or store_from_settings(settings)
-        threads = threads_per_executor(device, settings.executors, settings.threads)
-        self.executor = DeviceExecutor(device, settings.executors, threads)
+        executors, threads = executor_layout(device, settings.executors, settings.threads)
+        self.executor = DeviceExecutor(device, executors, threads)
         self.loader = loader_pool(settings.load_workers)
         self.scheduler = Scheduler(self.executor, settings.max_queue_total, settings.batch_fairness)
         size = len(catalog) if catalog is not None else len(self.store.list_ids())

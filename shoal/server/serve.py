@@ -11,7 +11,7 @@ import sys
 from shoal.config import Settings
 from shoal.devices import Device, pin_current_process, process_env
 from shoal.errors import UsageError
-from shoal.server.executor import check_device, threads_per_executor
+from shoal.server.executor import check_device, executor_layout
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -33,7 +33,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def pin(device: Device, settings: Settings) -> int:
     """Pin this process to ``device`` (environment, affinity, torch threads); returns threads per executor."""
-    threads = threads_per_executor(device, settings.executors, settings.threads)
+    _, threads = executor_layout(device, settings.executors, settings.threads)
     for key, value in process_env(device, threads).items():
         os.environ.setdefault(key, value)
     pin_current_process(device)
@@ -59,6 +59,6 @@ def run(settings: Settings, device: Device, catalog: list[str] | None, log_level
                             log_level=log_level, timeout_graceful_shutdown=5, server_header=False)
     host, port = sock.getsockname()[:2]
     models = "every model in the store" if catalog is None else f"{len(catalog)} models"
-    print(f"shoal serve: {models} from {runtime.store.uri} on {device} ({settings.executors} executor(s) x "
-          f"{threads} thread(s)), listening on http://{host}:{port}", file=sys.stderr, flush=True)
+    print(f"shoal serve: {models} from {runtime.store.uri} on {device} ({runtime.executor.executors} executor(s) "
+          f"x {threads} thread(s)), listening on http://{host}:{port}", file=sys.stderr, flush=True)
     uvicorn.Server(config).run(sockets=[sock])
