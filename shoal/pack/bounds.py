@@ -46,6 +46,37 @@ def size_functions(s: np.ndarray) -> list[np.ndarray]:
 
 
 @dataclass
+class Relaxation:
+    """The relaxation's matrices, kept to re-solve with some instance counts pinned."""
+
+    c: np.ndarray
+    cons: LinearConstraint
+    upper: np.ndarray
+    pairs_i: np.ndarray
+    pairs_t: np.ndarray
+    shape: tuple[int, int]
+
+    def solve(self, pinned: dict[int, int], time_limit: float = 2.0) -> np.ndarray | None:
+        """Fractional assignment (n x T) with ``pinned`` types bought exactly that many times.
+
+        Rounding a type bought 0.4 times up to 1 makes its capacity free: re-solving with
+        the count pinned moves the models that profit most onto it.
+        """
+        n, k = self.shape
+        nx = self.pairs_i.size
+        lo, hi = np.zeros(nx + k), self.upper.copy()
+        for t, count in pinned.items():
+            lo[nx + t] = hi[nx + t] = count
+        res = milp(self.c, bounds=Bounds(lo, hi), constraints=self.cons,
+                   options={"time_limit": time_limit, "disp": False})
+        if res.x is None:
+            return None
+        x = np.zeros((n, k))
+        x[self.pairs_i, self.pairs_t] = res.x[:nx]
+        return x
+
+
+@dataclass
 class Bound:
     value: float
     x: np.ndarray | None  # n x T fractional assignment (rows sum to 1), None if not solved
@@ -53,6 +84,7 @@ class Bound:
     proven: bool
     feasible: bool = True
     tightest: str = ""
+    relaxation: Relaxation | None = None
 
 
 def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
@@ -67,13 +99,12 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
     rows, cols, vals = [pairs_i], [np.arange(nx)], [np.ones(nx)]
     lo, hi = [np.ones(n)], [np.ones(n)]
     r = n
-    labels: list[str] = []
     for t in range(k):
         sel = np.flatnonzero(pairs_t == t)
         if sel.size == 0:
             continue
         items = pairs_i[sel]
-        for dim, mat, cap in (("memory", d.mem, d.max_memory), ("compute", d.comp, d.max_compute)):
+        for mat, cap in ((d.mem, d.max_memory), (d.comp, d.max_compute)):
             s = np.clip(mat[items, t] / cap, 0.0, 1.0)
             for f in size_functions(s):
                 rows += [np.full(sel.size, r), [r]]
@@ -81,7 +112,6 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
                 vals += [f, [-devs[t]]]
                 lo.append([-np.inf])
                 hi.append([0.0])
-                labels.append(f"{dim} on {d.types[t].name}")
                 r += 1
     a = coo_matrix((np.concatenate(vals), (np.concatenate([np.asarray(x) for x in rows]),
                                            np.concatenate([np.asarray(x) for x in cols]))), shape=(r, nx + k)).tocsr()
@@ -97,10 +127,12 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
         return Bound(0.0, None, None, False)
     best_x, value, proven = res.x, float(res.fun), res.status == 0
     value = max(value, _representable(prices, ub[nx:], value))
+    relax = Relaxation(c, cons, ub, pairs_i, pairs_t, (n, k))
+    lp_counts = best_x[nx:].copy()
     if nx > INTEGER_COUNTS_MAX_VARS:
         x = np.zeros((n, k))
         x[pairs_i, pairs_t] = best_x[:nx]
-        return Bound(max(0.0, value), x, best_x[nx:], proven)
+        return Bound(max(0.0, value), x, lp_counts, proven, relaxation=relax)
     # Small problems: integer instance counts with the models still fractional, a little
     # tighter; its dual bound is valid even when the time limit stops it.
     integral = milp(c, integrality=np.concatenate([np.zeros(nx), np.ones(k)]), bounds=bounds, constraints=cons,
@@ -114,7 +146,7 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
         best_x = integral.x
     x = np.zeros((n, k))
     x[pairs_i, pairs_t] = best_x[:nx]
-    return Bound(max(0.0, value), x, np.rint(best_x[nx:]), proven)
+    return Bound(max(0.0, value), x, lp_counts, proven, relaxation=relax)
 
 
 def _representable(prices: np.ndarray, max_counts: np.ndarray, at_least: float) -> float:

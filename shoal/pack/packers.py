@@ -82,65 +82,85 @@ def spread(d: Demands, items: list[int] | np.ndarray, t: int, count: int) -> lis
     return [b for b in bins if b] + best_fit_decreasing(d, overflow, t)
 
 
-def _best_triple(s: np.ndarray, rest: np.ndarray, room: float) -> list[int]:
-    """Up to three positions of ``rest`` (sizes descending) filling ``room`` best.
+def _best_triple(p: np.ndarray, q: np.ndarray, rest: np.ndarray, room_p: float, room_q: float) -> list[int]:
+    """Up to three positions of ``rest`` (``p`` descending) filling ``room_p`` best, within ``room_q``.
 
-    For every first choice a, the largest b that still fits, then the largest c:
-    a vectorised two-step lookahead instead of a full subset search.
+    For every first choice a, the largest b that still fits in ``p``, then the largest
+    c: a vectorised two-step lookahead instead of a full subset search. The secondary
+    size ``q`` is checked on the result (dropping c, then b, when it does not fit).
     """
-    v = s[rest]
+    v, w = p[rest], q[rest]
     n = v.size
-    first = np.flatnonzero(v <= room + EPS)
+    first = np.flatnonzero((v <= room_p + EPS) & (w <= room_q + EPS))
     if first.size == 0:
         return []
     asc = v[::-1]
-    padded = np.append(v, 0.0)
-    left_a = room - v[first]
+    pv, pw = np.append(v, 0.0), np.append(w, 0.0)
+    left_a = room_p - v[first]
     b = n - 1 - (np.searchsorted(asc, left_a + EPS, side="right") - 1)
     b = np.where(b == first, b + 1, b)
-    b_ok = b < n
-    b = np.where(b_ok, b, n)
-    left_b = left_a - padded[b]
-    c = n - 1 - (np.searchsorted(asc, left_b + EPS, side="right") - 1)
+    b = np.where(b < n, b, n)
+    c = n - 1 - (np.searchsorted(asc, left_a - pv[b] + EPS, side="right") - 1)
     for _ in range(2):
         c = np.where((c == first) | (c == b), c + 1, c)
-    c_ok = b_ok & (c < n)
-    c = np.where(c_ok, c, n)
-    total = v[first] + padded[b] + padded[c]
+    c = np.where((c < n) & (b < n), c, n)
+    q_ab = w[first] + pw[b]
+    keep_b = q_ab <= room_q + EPS
+    keep_c = keep_b & (q_ab + pw[c] <= room_q + EPS)
+    total = v[first] + np.where(keep_b, pv[b], 0.0) + np.where(keep_c, pv[c], 0.0)
     k = int(np.argmax(total))
     out = [int(rest[first[k]])]
-    if b_ok[k]:
+    if keep_b[k] and b[k] < n:
         out.append(int(rest[b[k]]))
-    if c_ok[k]:
+    if keep_c[k] and c[k] < n:
         out.append(int(rest[c[k]]))
     return out
 
 
+def _fill(p: np.ndarray, q: np.ndarray, alive: np.ndarray, pick: list[int], room_p: float, room_q: float,
+          stop_below: float = 0.0) -> tuple[float, float]:
+    """Add the largest fitting models to ``pick`` until nothing fits or the room drops below
+    ``stop_below`` (left for the lookahead to match exactly); returns the room left."""
+    while room_p > stop_below:
+        cand = np.flatnonzero(alive & (p <= room_p + TOL) & (q <= room_q + TOL))
+        if cand.size == 0:
+            break
+        k = int(cand[0])
+        pick.append(k)
+        alive[k] = False
+        room_p -= p[k]
+        room_q -= q[k]
+    return room_p, room_q
+
+
 def min_slack(d: Demands, items: list[int] | np.ndarray, t: int) -> list[list[int]]:
-    """Device by device: the largest model left, the best-fitting three to go with it, then
-    greedy fill (after Fleszar and Hindi's minimum bin slack). One size per model, the
-    larger of its two, so a device full in that size is within both limits."""
+    """Device by device: a seed model, the largest that fit, then the three that fill the
+    last room best (after Fleszar and Hindi's minimum bin slack).
+
+    The seed is the largest model left by its larger size, so hot models start devices
+    and cold ones fill the memory around them; the lookahead matches sizes in the
+    dimension with more total demand and checks the other.
+    """
     idx = np.asarray(items, dtype=int)
     m, c = normalized(d, idx, t)
-    size = np.maximum(m, c)
-    order = np.argsort(-size, kind="stable")
-    s, ids = size[order], idx[order]
-    alive = np.ones(s.size, dtype=bool)
+    primary, secondary = (m, c) if m.sum() >= c.sum() else (c, m)
+    order = np.argsort(-primary, kind="stable")
+    p, q, ids = primary[order], secondary[order], idx[order]
+    key = np.maximum(p, q)
+    alive = np.ones(p.size, dtype=bool)
     bins: list[list[int]] = []
     while alive.any():
         live = np.flatnonzero(alive)
-        room = 1.0 - s[live[0]]
-        pick = [int(live[0])] + (_best_triple(s, live[1:], room) if live.size > 1 else [])
-        alive[pick] = False
-        room = 1.0 - float(s[pick].sum())
-        while True:
-            cand = np.flatnonzero(alive & (s <= room + TOL))
-            if cand.size == 0:
-                break
-            pick.append(int(cand[0]))
-            alive[cand[0]] = False
-            room -= s[cand[0]]
-        bins.append([int(ids[p]) for p in pick])
+        seed = int(live[np.argmax(key[live])])
+        alive[seed] = False
+        pick = [seed]
+        typical = float(np.median(p[alive])) if alive.any() else 0.0
+        room_p, room_q = _fill(p, q, alive, pick, 1.0 - p[seed], 1.0 - q[seed], stop_below=3.5 * typical)
+        tail = _best_triple(p, q, np.flatnonzero(alive), room_p, room_q)
+        alive[tail] = False
+        pick += tail
+        _fill(p, q, alive, pick, room_p - float(p[tail].sum()), room_q - float(q[tail].sum()))
+        bins.append([int(ids[k]) for k in pick])
     return bins
 
 
@@ -154,6 +174,6 @@ def pack_type(d: Demands, items: list[int] | np.ndarray, t: int) -> list[list[in
     floor = max(1, math.ceil(max(m.sum(), c.sum()) - TOL))
     if floor < len(tries[0]):
         tries += [spread(d, idx, t, floor), spread(d, idx, t, floor + 1)]
-    if idx.size / floor <= 12 and floor < min(map(len, tries)):
+    if floor < min(map(len, tries)):
         tries.append(min_slack(d, idx, t))
     return min(tries, key=len)

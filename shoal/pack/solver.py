@@ -9,11 +9,14 @@ limit. The report always carries the bound and the gap to it.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from shoal.errors import UsageError
-from shoal.pack.bounds import lower_bound, tightest
+from shoal.pack.bounds import Bound, lower_bound, tightest
 from shoal.pack.demand import Demands
 from shoal.pack.exact import MAX_ASSIGN_VARS, problem_size, solve_exact
 from shoal.pack.heuristic import guided, single_type
@@ -63,6 +66,7 @@ def solve(d: Demands, time_limit: float = 5.0, exact: bool = True, start: Packin
         candidates = list(singles)
         try:
             candidates.append(guided(d, bound.x))
+            candidates += [guided(d, x) for x in _rounded_assignments(bound)]
         except UsageError:
             if not candidates:  # limited types (local) the greedy rules cannot fill: only the MILP can
                 return _exact_only(d, bound.value, t0, time_limit)
@@ -87,6 +91,26 @@ def solve(d: Demands, time_limit: float = 5.0, exact: bool = True, start: Packin
         optimal = True
         lb = cost
     return Result(best, cost, lb, method, time.monotonic() - t0, optimal)
+
+
+def _rounded_assignments(bound: Bound, limit: int = 4) -> list[np.ndarray]:
+    """Relaxations re-solved with a lightly used type's count rounded down and up.
+
+    A type the relaxation buys a fraction of (0.4 of a GPU box) costs a whole instance
+    once bought; pinning the count lets the relaxation fill that instance, or do without.
+    """
+    out: list[np.ndarray] = []
+    if bound.relaxation is None or bound.counts is None:
+        return out
+    for t, y in enumerate(bound.counts):
+        if len(out) >= limit:
+            break
+        if 1e-6 < y < 3 and abs(y - round(y)) > 1e-6:
+            for count in sorted({math.floor(y), math.ceil(y)}):
+                x = bound.relaxation.solve({t: count})
+                if x is not None:
+                    out.append(x)
+    return out
 
 
 def _exact_only(d: Demands, bound: float, t0: float, time_limit: float) -> Result:
