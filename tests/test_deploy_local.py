@@ -162,5 +162,11 @@ def test_plan_runs_one_process_per_server(deploy: Deploy, tmp_path: Path) -> Non
     status = json.loads(deploy("status", "--json").stdout)
     assert [(s["name"], s["port"], s["models"]) for s in status["servers"]] == [
         ("srv-0", base, ["tiny-a"]), ("srv-1", base + 1, ["tiny-b"])]
+    # --restart replaces the running fleet cleanly (new supervisor, same ports, all ready).
+    first = status["supervisor_pid"]
+    again = deploy("local", "--plan", "plan.json", "--restart", "--timeout", "90")
+    assert again.returncode == 0, again.stdout + again.stderr
+    status = json.loads(deploy("status", "--json").stdout)
+    assert status["supervisor_pid"] != first and not pid_alive(first) and all(s["ready"] for s in status["servers"])
     assert deploy("stop", timeout=60).returncode == 0
     assert not any(port_in_use("127.0.0.1", base + i) for i in range(2))

@@ -42,6 +42,7 @@ class StartOptions:
     on_cpu: bool = False
     restart: bool = False
     grace_s: float = 10.0
+    warm_fork: bool = True
 
 
 @dataclass
@@ -78,7 +79,7 @@ def build_fleet(settings: Settings, opts: StartOptions, paths: FleetPaths) -> Bu
         fleet, effective = plan_fleet(plan, paths.plan, uri, host, opts.port, opts.on_cpu)
         wanted = [m for s in plan.servers for m in s.models]
         moved = [s.port for s in plan.servers] != [s.port for s in effective.servers]
-        fleet.grace_s = opts.grace_s
+        fleet.grace_s, fleet.warm_fork = opts.grace_s, opts.warm_fork
         _check_models(wanted, ids, uri)
         return BuiltFleet(fleet, effective, moved)
     if opts.models:
@@ -86,7 +87,7 @@ def build_fleet(settings: Settings, opts: StartOptions, paths: FleetPaths) -> Bu
     elif not ids:
         raise UsageError(f"the store {uri} holds no models: run ./build.sh (or `shoal trace models/*.yaml`) first")
     fleet = workers_fleet(uri, host, settings.port if opts.port is None else opts.port, opts.workers, opts.models)
-    fleet.grace_s = opts.grace_s
+    fleet.grace_s, fleet.warm_fork = opts.grace_s, opts.warm_fork
     return BuiltFleet(fleet)
 
 

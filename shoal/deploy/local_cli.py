@@ -62,6 +62,8 @@ def local(
     timeout: Annotated[float, typer.Option(help="seconds to wait for every server to be ready")] = 180.0,
     wait: Annotated[bool, typer.Option(help="wait until every server is ready")] = True,
     grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL when stopping")] = 10.0,
+    warm_fork: Annotated[bool, typer.Option(help="fork servers from a process that imported torch once "
+                                                 "(fast restarts); --no-warm-fork starts each one cold")] = True,
 ) -> None:
     """Run the servers on this machine under a supervisor that restarts any that dies."""
     from shoal.deploy.local import StartOptions, start, wait_ready
@@ -69,7 +71,7 @@ def local(
     settings = load_settings(store=store)
     ids = [m.strip() for m in models.split(",") if m.strip()] if models else None
     opts = StartOptions(plan=plan, workers=workers, models=ids, port=port, host=host, on_cpu=on_cpu,
-                        restart=restart, grace_s=grace)
+                        restart=restart, grace_s=grace, warm_fork=warm_fork)
     result = start(settings, opts)
     paths = FleetPaths.under(settings.state_dir)
     fleet = result.fleet

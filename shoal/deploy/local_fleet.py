@@ -63,7 +63,7 @@ class FleetSpec(BaseModel):
         """True when ``other`` would run the same processes (used to make a second deploy a no-op)."""
         # argv[0] is whichever interpreter path ran the CLI (python, python3): not a difference.
         key = lambda f: [(s.name, s.host, s.port, s.device, s.models, s.argv[1:]) for s in f.servers]  # noqa: E731
-        return self.store == other.store and key(self) == key(other)
+        return self.store == other.store and self.warm_fork == other.warm_fork and key(self) == key(other)
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

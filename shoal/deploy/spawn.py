@@ -61,8 +61,9 @@ class Reaper:
             return True, self.statuses.pop(pid)
         if pid_alive(pid):
             return False, None
+        self.reap()  # it may have died just after the first reap: collect its status if it is ours
         self.watched.discard(pid)
-        return True, None
+        return True, self.statuses.pop(pid, None)
 
 
 def _child_setup(cores: list[int] | None) -> Callable[[], None]:
