@@ -105,7 +105,9 @@ def try_repack(d: Demands, p: Packing, chosen: list[int]) -> Packing | None:
             return None
         new = got
     new_cost = sum(d.types[i.type].price for i in new)
-    if new_cost >= old_cost - 1e-9 and not (new_cost <= old_cost + 1e-9 and len(new) < len(chosen)):
+    cheaper = new_cost < old_cost - 1e-9
+    fewer_for_free = abs(new_cost - old_cost) <= 1e-9 and len(new) < len(chosen)  # zero-priced types
+    if not (cheaper or fewer_for_free):
         return None
     out = p.copy()
     for m, b in moves.items():

@@ -1,8 +1,9 @@
 """Choose instances and place every model: minimise $/h under both per-device limits.
 
 Order of work: (1) the relaxation gives a proven lower bound and a fractional plan;
-(2) best-fit decreasing turns it, and each single-type plan, into whole devices;
-(3) improvement moves empty the lightest instances; (4) if the problem is small
+(2) the greedy packers (``packers.py``) turn it, its re-solves with lightly used
+types' counts pinned, and each single-type plan into whole devices, and the cheapest
+wins; (3) improvement moves empty the lightest instances; (4) if the problem is small
 enough, the exact MILP proves the optimum (or tightens the bound) within the time
 limit. The report always carries the bound and the gap to it.
 """
@@ -74,7 +75,7 @@ def solve(d: Demands, time_limit: float = 5.0, exact: bool = True, start: Packin
     else:
         best = start
     best = improve(d, best, deadline=min(deadline, time.monotonic() + max(0.5, time_limit / 3)))
-    lb, method, optimal = bound.value, "heuristic: relaxation-guided best-fit decreasing + improvement", False
+    lb, method, optimal = bound.value, "heuristic: relaxation-guided greedy packing + improvement", False
     cost = best.cost(d)
     if start is None and exact and cost > lb + 1e-9 and problem_size(d, cost) <= MAX_ASSIGN_VARS:
         remaining = deadline - time.monotonic()
