@@ -109,7 +109,7 @@ def test_demand_from_a_profile() -> None:
     assert d.mem[0, 0] == pytest.approx(512 / 16 / 1024)
     assert d.comp[0, 0] == pytest.approx(5 * 0.040 / t4.speed)  # cpu profile on a GPU: catalog estimate
     local = types[1]
-    assert d.comp[0, 1] == pytest.approx(5 * 0.040 / (local.vcpu_per_device / 2))
+    assert d.comp[0, 1] == pytest.approx(5 * 0.040 / (local.vcpu / local.devices / 2))
 
 
 def test_artifacts_are_tied_to_their_processor() -> None:

@@ -66,7 +66,7 @@ def speed_on(load: ModelLoad, t: InstanceType) -> float | None:
     """
     if load.processor == "cpu":
         if t.processor == "cpu":
-            return t.speed * t.vcpu_per_device / load.threads
+            return t.speed * (t.vcpu / t.devices) / load.threads  # servers sharing few cores share their time
         return t.speed  # estimate until the model is traced for that processor
     if load.processor == t.processor:
         return 1.0  # measured on this processor

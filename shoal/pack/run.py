@@ -128,6 +128,11 @@ def notes_for(d: Demands, loads: list[ModelLoad], plan: Plan, synthetic: bool) -
     notes = []
     if synthetic:
         notes.append("synthetic profiles: a planning exercise, not deployable")
+    for t in d.types:
+        used = sum(1 for s in plan.servers if s.instance_type == t.name)
+        if t.machine and t.devices > used:
+            notes.append(f"{t.name}: {used} of its {t.devices} servers have models (fewer models than servers "
+                         "would leave a server idle, so none is planned for it)")
     server_type = {s.name: s.instance_type for s in plan.servers}
     by_name = {t.name: t for t in d.types}
     for name in sorted(set(server_type.values())):
