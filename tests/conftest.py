@@ -55,3 +55,13 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (the long reliability variants) run only with SHOAL_LONG_TESTS=1."""
+    if os.environ.get("SHOAL_LONG_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="long variant: run with SHOAL_LONG_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
