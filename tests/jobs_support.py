@@ -89,10 +89,19 @@ def clone_model(root: Path, src: str, dst: str) -> None:
     (root / dst / "shoal.json").write_text(json.dumps(manifest))
 
 
+_BUILT: dict[str, str] = {}  # one build per session, though each test module imports the fixture
+
+
 @pytest.fixture(scope="session")
 def async_models(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A store URI with tiny-a, tiny-b (classifiers) and broken (its weights corrupted: every load fails)."""
-    root = tmp_path_factory.mktemp("async-models")
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _BUILT:
+        _BUILT[key] = _build_models(tmp_path_factory.mktemp("async-models"))
+    return _BUILT[key]
+
+
+def _build_models(root: Path) -> str:
     store = LocalStore(root / "store")
     make_tiny_model(store, "tiny-a", task="classification", build_dir=root / "build")
     clone_model(root / "store", "tiny-a", "tiny-b")

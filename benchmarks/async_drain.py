@@ -1,0 +1,150 @@
+"""Async drain rate vs. synchronous throughput on the same server: N queued jobs across M models.
+
+In this order, each step a fresh `shoal serve` with the same flags and one job queue:
+  1. sync: closed-loop clients POST /predictions/<random model> (the server benchmark's client);
+  2. queue: a server with SHOAL_ASYNC_WORKERS=0 accepts N jobs (the same sentences, random models);
+  3. drain: a server with its workers on runs them; the drain rate is N over the span from the
+     first job started to the last one finished (from the job records).
+Prints JSON lines and the ratio drain / sync. Builds tiny models when --store is not given.
+
+    .venv/bin/python benchmarks/async_drain.py --jobs 10000 --models 24 [--queue redis] [--store file://DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from server_common import Server, bodies, closed_loop, machine  # noqa: E402
+from shoal.jobs.queue import open_queue  # noqa: E402
+from shoal.loadtest.http import Connection, parse_base_url  # noqa: E402
+
+
+def build_models(root: Path, count: int) -> str:
+    """One traced tiny classifier and ``count - 1`` copies under other ids (same files, new manifest id)."""
+    from shoal.store.local import LocalStore
+    from shoal.trace.tiny import make_tiny_model
+
+    store = LocalStore(root / "store")
+    make_tiny_model(store, "m00", task="classification", build_dir=root / "build")
+    for i in range(1, count):
+        dst = root / "store" / f"m{i:02d}"
+        dst.mkdir()
+        for f in (root / "store" / "m00").iterdir():
+            if f.name != "shoal.json":
+                os.link(f, dst / f.name)
+        manifest = json.loads((root / "store" / "m00" / "shoal.json").read_text())
+        manifest["id"] = f"m{i:02d}"
+        (dst / "shoal.json").write_text(json.dumps(manifest))
+    return store.uri
+
+
+async def submit(url: str, ids: list[str], n: int, clients: int) -> tuple[list[str], float]:
+    endpoint = parse_base_url(url)
+    pool = bodies()
+    rng = random.Random(1)
+    plan = [(rng.choice(ids), rng.choice(pool)) for _ in range(n)]
+    job_ids: list[str] = []
+    start = time.perf_counter()
+
+    async def client(k: int) -> None:
+        conn = Connection(endpoint, 120.0)
+        for model_id, body in plan[k::clients]:
+            resp = await conn.request("POST", f"/async/predictions/{model_id}", body)
+            if resp.status != 202:
+                raise RuntimeError(f"submission refused: {resp.status} {resp.body[:200]!r}")
+            job_ids.append(json.loads(resp.body)["job_id"])
+        conn.close()
+
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    return job_ids, time.perf_counter() - start
+
+
+async def records(queue_uri: str, job_ids: list[str]) -> list:
+    q = open_queue(queue_uri)
+    try:
+        return [await q.get(i) for i in job_ids]
+    finally:
+        await q.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--store", help="file:// store with the models (default: build tiny ones)")
+    ap.add_argument("--models", type=int, default=24)
+    ap.add_argument("--jobs", type=int, default=10000)
+    ap.add_argument("--clients", type=int, default=40)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--queue", default="sqlite", help="sqlite | redis (a redis-server started here)")
+    ap.add_argument("--serve-args", default="--executors 1 --threads 2")
+    args = ap.parse_args()
+    print(json.dumps({"machine": machine(), "jobs": args.jobs, "models": args.models, "queue": args.queue}),
+          flush=True)
+    work = Path(tempfile.mkdtemp(prefix="shoal-async-bench-"))
+    store = args.store or build_models(work, args.models)
+    ids = [f"m{i:02d}" for i in range(args.models)] if not args.store else \
+        sorted(json.loads(p.read_text())["id"] for p in Path(store.removeprefix("file://")).glob("*/shoal.json"))[
+            : args.models]
+    redis = None
+    if args.queue == "redis":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from redis_server import start_redis
+
+        redis = start_redis(work / "redis")
+        queue = redis.url
+    else:
+        queue = f"sqlite:///{work / 'jobs.sqlite'}"
+    env = {"SHOAL_STATE_DIR": str(work / "state"), "SHOAL_ASYNC_QUEUE": queue,
+           "SHOAL_ASYNC_STORE": f"file://{work / 'jobs'}"}
+    serve = ["--store", store, "--models", ",".join(ids), *args.serve_args.split()]
+    try:
+        server = Server(serve, env)
+        try:
+            sync = asyncio.run(closed_loop(server.url, ids, args.clients, args.seconds, args.warmup))
+        finally:
+            server.stop()
+        print(json.dumps({"step": "sync", **sync.summary()}), flush=True)
+
+        front = Server(serve, {**env, "SHOAL_ASYNC_WORKERS": "0"})
+        try:
+            job_ids, took = asyncio.run(submit(front.url, ids, args.jobs, args.clients))
+        finally:
+            front.stop()
+        print(json.dumps({"step": "queue", "jobs": len(job_ids), "seconds": round(took, 2),
+                          "submissions_per_s": round(len(job_ids) / took, 1)}), flush=True)
+
+        results = work / "jobs" / "results"
+        drain = Server(serve, env)
+        try:
+            while sum(1 for _ in results.rglob("*.json")) < len(job_ids) if results.exists() else True:
+                time.sleep(0.5)
+        finally:
+            drain.stop()
+        recs = asyncio.run(records(queue, job_ids))
+        assert all(r is not None and r.state.value == "succeeded" for r in recs), "every job succeeded"
+        first = min(r.started_at for r in recs)
+        last = max(r.finished_at for r in recs)
+        rate = len(recs) / (last - first)
+        waits = sorted(r.finished_at - r.started_at for r in recs)
+        print(json.dumps({"step": "drain", "jobs": len(recs), "seconds": round(last - first, 2),
+                          "jobs_per_s": round(rate, 1), "redeliveries": sum(r.attempts - 1 for r in recs),
+                          "job_p50_ms": round(waits[len(waits) // 2] * 1000, 1)}), flush=True)
+        print(json.dumps({"drain_over_sync": round(rate / sync.throughput, 3), "sync_rps": round(sync.throughput, 1),
+                          "drain_jobs_per_s": round(rate, 1), "machine_after": machine()}), flush=True)
+    finally:
+        if redis is not None:
+            redis.stop()
+
+
+if __name__ == "__main__":
+    main()
