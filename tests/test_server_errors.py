@@ -15,7 +15,8 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(scope="module")
 def strict(store_uri: str) -> Iterator[ServerProcess]:
-    env = {"SHOAL_MAX_QUEUE_PER_MODEL": "8", "SHOAL_MAX_BODY_BYTES": "4096", "SHOAL_TOKEN": TOKEN}
+    env = {"SHOAL_MAX_QUEUE_PER_MODEL": "8", "SHOAL_MAX_BODY_BYTES": "4096", "SHOAL_TOKEN": TOKEN,
+           "SHOAL_PER_MODEL_METRICS_LIMIT": "3"}  # the store has 5 models: per-model labels switch off
     proc = ServerProcess(["--store", store_uri, "--executors", "1"], env=env).start()
     yield proc
     proc.stop()
@@ -129,5 +130,6 @@ def test_still_serving_and_no_500(strict: ServerProcess) -> None:
         assert c.post("/predictions/tiny-emb", json={"text": "still here"}).status_code == 200
         metrics = c.get("/metrics").text
     assert 'status="500"' not in metrics
+    assert 'model="_all_"' in metrics and 'model="tiny-cls"' not in metrics  # bounded cardinality
     for code in ("400", "404", "422", "429", "503", "504"):
         assert f'status="{code}"' in metrics, code

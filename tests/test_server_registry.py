@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 
 from typing import Iterator
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from shoal.server.registry import model_cost
+from shoal.trace.tiny import make_tiny_model
 from shoal.store.base import ModelStore
 from tests.server_fixtures import ServerProcess, store_uri, tiny_store  # noqa: F401
 
@@ -115,6 +117,14 @@ def test_busy_model_is_never_evicted(store_uri: str, tiny_store: ModelStore) -> 
         assert s["tiny-cls"]["state"] == "ready" and s["tiny-emb"]["state"] == "unloaded"
     finally:
         proc.stop()
+
+
+def test_models_pushed_later_are_discovered(lazy: ServerProcess, tiny_store: ModelStore, tmp_path: Path) -> None:
+    with lazy.client() as c:
+        assert c.post("/predictions/tiny-late", json={"text": "x"}).status_code == 404
+        make_tiny_model(tiny_store, "tiny-late", task="embedding", seed=4, build_dir=tmp_path)
+        assert c.post("/predictions/tiny-late", json={"text": "x"}).status_code == 200
+        assert states(c)["tiny-late"]["state"] == "ready"
 
 
 def test_explicit_load_and_unload(lazy: ServerProcess) -> None:

@@ -51,6 +51,9 @@ def run(settings: Settings, device: Device, catalog: list[str] | None, log_level
     from shoal.server.runtime import Runtime
 
     threads = pin(device, settings)
+    # Executor threads hand results back while the event loop runs Python; a 1 ms switch interval
+    # (default 5 ms) bounds how long a finished forward waits for the GIL.
+    sys.setswitchinterval(0.001)
     sock = bind_socket(settings.host, settings.port)
     runtime = Runtime(settings, device, catalog)
     app = create_app(runtime)
