@@ -221,3 +221,20 @@ def test_a_dead_zygote_costs_one_cold_start_and_comes_back(state: tuple[Settings
     wait_for(lambda: server_pids(paths).get("stub-0") not in (None, victim) and probe_ready(fleet.servers[0]), 10)
     wait_for(lambda: read_json(paths.state).get("zygote_pid") not in (None, zygote), 20)
     assert "the zygote is gone" in paths.supervisor_log.read_text()
+
+
+def test_a_serving_server_killed_again_and_again_is_restarted_at_once(state: tuple[Settings, FleetPaths]) -> None:
+    settings, paths = state
+    fleet = stub_fleet(free_ports(1), n=1)
+    launch(paths, fleet)
+    wait_ready(settings, fleet, timeout_s=20)
+    for _ in range(4):
+        wait_for(lambda: read_json(paths.state)["servers"]["stub-0"]["ready"], 5)  # the supervisor saw it serve
+        victim = server_pids(paths)["stub-0"]
+        os.kill(victim, signal.SIGKILL)
+        took = wait_for(lambda: server_pids(paths).get("stub-0") not in (None, victim)
+                        and probe_ready(fleet.servers[0]), 5)
+        assert took < 2.5  # no backoff: 0.2 s poll + the stub's start
+    log = paths.supervisor_log.read_text()
+    assert "keeps dying" not in log and log.count("restarting now") == 4
+    assert "stub-0: ready" in log

@@ -55,6 +55,7 @@ class FleetSpec(BaseModel):
     grace_s: float = 10.0
     warm_fork: bool = Field(True, description="fork servers from a zygote that imported torch once")
     preload: list[str] = Field(default_factory=list, description="modules the zygote imports")
+    ready_path: str | None = Field("/v2/health/ready", description="GET answering 200 once a server serves")
 
     def ports(self) -> list[int]:
         return [s.port for s in self.servers]

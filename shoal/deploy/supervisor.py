@@ -11,6 +11,7 @@ Servers are forked from a warm zygote (zygote.py) so a restart skips the imports
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import sys
@@ -25,7 +26,8 @@ from shoal.deploy.local_state import FleetPaths, start_time, terminate_groups, t
 from shoal.deploy.spawn import Reaper, Zygote, become_subreaper, exec_spawn
 
 POLL_S = 0.2
-STABLE_S = 10.0  # a server that ran this long before dying is restarted at once
+STABLE_S = 60.0  # a server that ran this long before dying is restarted at once, even if never ready
+PROBE_EVERY_S = 0.5
 BACKOFF_S = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
 
@@ -55,7 +57,9 @@ class Child:
     pid_start: int | None = None  # /proc start time: tells `stop` this pid is still our server
     started_at: float = 0.0
     starts: int = 0
-    failures: int = 0  # consecutive quick deaths
+    failures: int = 0  # consecutive deaths before becoming ready
+    ready: bool = False  # answered its readiness probe since its last start
+    last_probe: float = 0.0
     next_start: float = 0.0
     last_exit: str | None = None
     last_exit_at: str | None = None
@@ -69,6 +73,7 @@ class Child:
             out.write(f"--- {_now()} shoal supervisor: starting {self.spec.name} "
                       f"(start {self.starts + 1}): {' '.join(self.spec.argv)}\n".encode())
         self.started_at = time.monotonic()
+        self.ready = False
         try:
             self.pid = spawn(self.spec, self.log_path)
             reaper.watch(self.pid)
@@ -94,7 +99,9 @@ class Child:
 
     def _died(self, what: str, now: float, log: Callable[[str], None]) -> None:
         uptime = now - self.started_at if self.started_at else 0.0
-        self.failures = self.failures + 1 if uptime < STABLE_S else 1
+        # Backoff is for servers that cannot come up; one that was serving is restarted at once.
+        self.failures = 1 if self.ready or uptime >= STABLE_S else self.failures + 1
+        self.ready = False
         delay = BACKOFF_S[min(self.failures - 1, len(BACKOFF_S) - 1)]
         self.next_start = now + delay
         self.last_exit = what
@@ -107,6 +114,23 @@ class Child:
             line += "restarting now"
         log(line)
 
+    def probe(self, path: str | None, now: float, log: Callable[[str], None]) -> bool:
+        """Poll readiness until the server first answers 200; True when it just became ready."""
+        if self.pid is None or self.ready or path is None or now - self.last_probe < PROBE_EVERY_S:
+            return False
+        self.last_probe = now
+        conn = http.client.HTTPConnection(self.spec.host, self.spec.port, timeout=0.25)
+        try:
+            conn.request("GET", path)
+            self.ready = conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+        if self.ready:
+            log(f"{self.spec.name}: ready {now - self.started_at:.2f} s after its start")
+        return self.ready
+
     def due(self, now: float) -> bool:
         return self.pid is None and now >= self.next_start
 
@@ -115,6 +139,7 @@ class Child:
         return {
             "pid": self.pid,
             "pid_start": self.pid_start if running else None,
+            "ready": self.ready,
             "state": "running" if running else ("backoff" if self.failures > 1 else "restarting"),
             "starts": self.starts,
             "restarts": self.restarts,
@@ -197,6 +222,7 @@ class Supervisor:
                 if self.stopping:
                     break
                 changed |= c.check(self.reaper, self.log)
+                changed |= c.probe(self.fleet.ready_path, now, self.log)
                 if c.due(now) and not self.stopping:
                     c.start(self.spawn, self.reaper, self.log)
                     changed = True
