@@ -43,10 +43,6 @@ class Packing:
         self.instances = [i for i in self.instances if not i.empty]
         return self
 
-    def placement(self) -> dict[int, tuple[int, int]]:
-        """model index -> (instance index, device index)."""
-        return {m: (k, j) for k, inst in enumerate(self.instances) for j, dev in enumerate(inst.devices) for m in dev}
-
 
 def load(d: Demands, t: int, items: list[int]) -> tuple[float, float]:
     """(memory, compute) of a device of type ``t`` holding ``items``, as device fractions."""
