@@ -6,11 +6,11 @@ import asyncio
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
-from shoal.jobs.queue import JobQueue, open_queue
+from shoal.jobs.queue import open_queue
 from shoal.jobs.records import JobRecord, JobState, new_job_id
 from tests.jobs_support import redis_url  # noqa: F401 (fixture)
 
@@ -33,10 +33,6 @@ def queue_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-async def opened(uri: str) -> JobQueue:
-    return open_queue(uri)
 
 
 def test_submit_claim_finish(queue_uri: str) -> None:
