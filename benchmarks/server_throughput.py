@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=8)
     ap.add_argument("--batch-sizes", default="1,2,4,8,16")
     ap.add_argument("--limit", type=float, default=0.0, help="skip the in-process run and use this limit")
+    ap.add_argument("--limit-store", default="", help="store whose in-process limit is the reference (default: "
+                                                      "--store; e.g. the fp32 store when serving bf16)")
     ap.add_argument("--open-loop", default="", help="fractions of the limit to try as Poisson rates")
     ap.add_argument("--open-seconds", type=float, default=15)
     ap.add_argument("--serve-args", default="", help="extra `shoal serve` flags")
@@ -52,7 +54,8 @@ def main() -> None:
     store = open_store(args.store)
     ids = [i for i in store.list_ids() if i.startswith(args.prefix)][: args.count]
     weights = sum(store.read_manifest(i).files[store.read_manifest(i).artifact].size for i in ids)
-    limit = args.limit or inprocess_limit(args.store, args.prefix, args.count, args.batch_sizes, args.seconds / 3)
+    limit = args.limit or inprocess_limit(args.limit_store or args.store, args.prefix, args.count, args.batch_sizes,
+                                          args.seconds / 3)
     for layout in args.layouts.split(","):
         executors, threads = layout.split("x")
         server = Server(["--store", args.store, "--models", ",".join(ids), "--executors", executors, "--threads",
