@@ -79,7 +79,9 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu_model": cpu, "python": platform.python_version()}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"nproc": os.cpu_count(), "cpu_model": cpu, "python": platform.python_version(),
+            "load_average_1m_at_start": load}  # the machine may be shared: say how busy it was
 
 
 def _routes(o: LoadtestOptions) -> Routes:

@@ -55,11 +55,13 @@ def plot_latency_throughput(rows: list[dict], out: Path) -> Path:
     groups: dict[tuple[str, object], list[dict]] = {}
     for r in served:
         groups.setdefault((r["precision"], r["batch_size"]), []).append(r)
-    for (prec, batch), pts in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+    batches = sorted({b for _, b in groups if b is not None})
+    colors = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(batches)}  # one colour per batch size
+    for (prec, batch), pts in sorted(groups.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
         pts.sort(key=lambda r: r["clients"])
         label = f"batch {batch if batch is not None else '(server default)'}, {prec}"
         line, = ax.plot([p["throughput"] for p in pts], [p["p95_ms"] for p in pts], _STYLES.get(prec, "-"),
-                        marker="o", label=label)
+                        marker="o" if prec == "fp32" else "^", color=colors.get(batch), label=label)
         for p in pts:
             ax.annotate(f"{p['clients']}c", (p["throughput"], p["p95_ms"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color=line.get_color())

@@ -169,7 +169,9 @@ def run_sweep(o: SweepOptions, store: ModelStore) -> dict:
     for r in rows:
         per_m = costmod.per_million(r["throughput"], o.price) if o.price else None
         r["usd_per_million"] = None if per_m is None else round(per_m, 6)
-    doc = {"tool": "shoal bench sweep", "models": o.models, "batch_sizes": o.batch_sizes, "clients": o.clients,
+    from shoal.loadtest.command import machine_info
+
+    doc = {"tool": "shoal bench sweep", "machine": machine_info(), "models": o.models, "batch_sizes": o.batch_sizes, "clients": o.clients,
            "duration_s": o.duration_s, "warmup_s": o.warmup_s, "target": o.target,
            "price": {"per_hour": o.price.per_hour, "basis": o.price.basis} if o.price else None,
            "knee_rule": f"smallest batch size reaching {KNEE_FRACTION:.0%} of the best throughput",
