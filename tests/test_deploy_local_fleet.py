@@ -117,3 +117,10 @@ def test_port_in_use_sees_listeners_only() -> None:
         s.listen()
         assert port_in_use("127.0.0.1", port)
     assert not port_in_use("127.0.0.1", port)
+
+
+def test_wildcard_bind_is_reached_on_loopback() -> None:
+    fleet = workers_fleet("file:///s", "0.0.0.0", 8080, 1, cores=2)
+    assert fleet.servers[0].url == "http://127.0.0.1:8080"
+    assert fleet.servers[0].argv[-2:] == ["--host", "0.0.0.0"]
+    assert workers_fleet("file:///s", "::1", 8080, 1, cores=2).servers[0].url == "http://[::1]:8080"

@@ -246,7 +246,7 @@ def status(settings: Settings) -> dict[str, Any]:
             "log": paths.rel(paths.server_log(s.name)),
         })
     return {"running": running, "supervisor_pid": read_pid(paths.pid) if running else None,
-            "store": fleet.store, "plan": fleet.plan, "servers": servers,
+            "zygote_pid": read_json(paths.state).get("zygote_pid") if running else None, "store": fleet.store, "plan": fleet.plan, "servers": servers,
             "supervisor_log": paths.rel(paths.supervisor_log)}
 
 

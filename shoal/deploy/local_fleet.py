@@ -39,9 +39,14 @@ class ServerSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="added to the supervisor's environment")
 
     @property
+    def connect_host(self) -> str:
+        """Where a client on this machine reaches the server (a wildcard bind is reached on loopback)."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+
+    @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        host = self.connect_host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
 
 class FleetSpec(BaseModel):

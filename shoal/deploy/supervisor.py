@@ -119,7 +119,7 @@ class Child:
         if self.pid is None or self.ready or path is None or now - self.last_probe < PROBE_EVERY_S:
             return False
         self.last_probe = now
-        conn = http.client.HTTPConnection(self.spec.host, self.spec.port, timeout=0.25)
+        conn = http.client.HTTPConnection(self.spec.connect_host, self.spec.port, timeout=0.25)
         try:
             conn.request("GET", path)
             self.ready = conn.getresponse().status == 200
