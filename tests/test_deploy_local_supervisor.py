@@ -238,3 +238,15 @@ def test_a_serving_server_killed_again_and_again_is_restarted_at_once(state: tup
     log = paths.supervisor_log.read_text()
     assert "keeps dying" not in log and log.count("restarting now") == 4
     assert "stub-0: ready" in log
+
+
+def test_ready_timeout_names_the_server_and_its_log(state: tuple[Settings, FleetPaths]) -> None:
+    settings, paths = state
+    fleet = stub_fleet(free_ports(2))
+    fleet.servers[1].argv = [sys.executable, "-c", "import time; time.sleep(600)"]  # never listens
+    launch(paths, fleet)
+    with pytest.raises(ShoalError) as info:
+        wait_ready(settings, fleet, timeout_s=3)
+    msg = str(info.value)
+    assert "1 of 2 server(s) not ready after 3 s (stub-1)" in msg and "stub-1.log" in msg and "stub-0.log" not in msg
+    assert "./deploy.sh stop" in msg and supervisor_running(paths)  # left running to be inspected
