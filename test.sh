@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source build/setup-env.sh
+bash build/setup-video-env.sh > /dev/null  # .venv-video (Ultralytics) for the detector acceptance test; ~3 min once
 exec python -m pytest "$@"
