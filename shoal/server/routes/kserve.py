@@ -12,7 +12,7 @@ import shoal
 from shoal.server.body import read_json
 from shoal.server.handlers import v2_metadata
 from shoal.server.registry import State
-from shoal.server.routes.common import timeout_of, json_response, runtime_of
+from shoal.server.routes.common import hot_path, json_response, runtime_of, timeout_of
 from shoal.server.schemas import V2InferRequest, body_schema, validate
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
@@ -44,7 +44,6 @@ async def model_ready(model_id: str, request: Request) -> Response:
     return json_response(body, status=200 if ready else 503)
 
 
-@router.post("/models/{model_id}/infer", summary="Infer (KServe v2 tensors)", openapi_extra=body_schema(V2InferRequest))
 async def infer(model_id: str, request: Request) -> Response:
     received = time.perf_counter()
     rt = runtime_of(request)
@@ -53,3 +52,8 @@ async def infer(model_id: str, request: Request) -> Response:
                          timeout_s=timeout_of(rt, request))
     return json_response({"model_name": model_id, "model_version": "1", "id": req.id,
                           "parameters": {"timings": out.timings}, "outputs": out.handler.to_v2(out.results)})
+
+
+hot_path(router, "/v2/models/{model_id}/infer", ["POST"], infer, "model_id")
+router.post("/models/{model_id}/infer", summary="Infer (KServe v2 tensors)",
+            openapi_extra=body_schema(V2InferRequest))(infer)

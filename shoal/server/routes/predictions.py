@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from shoal.server.handlers.detector import ImageBatchRequest, ImageRequest
 from shoal.server.media import MEDIA_CONTENT, read_body
-from shoal.server.routes.common import timeout_of, prediction_response, runtime_of
+from shoal.server.routes.common import hot_path, prediction_response, runtime_of, timeout_of
 from shoal.server.schemas import (PredictionResponse, QABatchRequest, QARequest, TextBatchRequest, TextRequest,
                                   body_schema)
 
@@ -19,14 +19,17 @@ _BODY = body_schema(TextRequest, TextBatchRequest, QARequest, QABatchRequest, Im
 _BODY["requestBody"]["content"].update(MEDIA_CONTENT)  # detectors also take image bytes and multipart
 
 
-@router.post("/predictions/{model_id}", summary="Predict with one model", response_model=PredictionResponse,
-             openapi_extra=_BODY)
 async def predict(model_id: str, request: Request) -> Response:
     received = time.perf_counter()
     rt = runtime_of(request)
     body = await read_body(request, rt.settings.max_body_bytes)
     out = await rt.infer(model_id, body, received=received, timeout_s=timeout_of(rt, request))
     return prediction_response(model_id, out)
+
+
+hot_path(router, "/predictions/{model_id}", ["POST"], predict, "model_id")
+router.post("/predictions/{model_id}", summary="Predict with one model", response_model=PredictionResponse,
+            openapi_extra=_BODY)(predict)
 
 
 @router.get("/predictions/{model_id}", summary="Predict from query parameters (seq_0, seq_1)",

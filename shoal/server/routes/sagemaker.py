@@ -10,15 +10,13 @@ from starlette.responses import Response
 
 from shoal.server.media import read_body
 from shoal.server.errors import BadRequest
-from shoal.server.routes.common import timeout_of, prediction_response, runtime_of
+from shoal.server.routes.common import hot_path, prediction_response, runtime_of, timeout_of
 from shoal.server.schemas import PredictionResponse
 
 router = APIRouter(tags=["sagemaker"])
 TARGET_HEADER = "x-amzn-sagemaker-target-model"
 
 
-@router.post("/invocations", summary="Predict with the model named by X-Amzn-SageMaker-Target-Model",
-             response_model=PredictionResponse)
 async def invocations(request: Request) -> Response:
     received = time.perf_counter()
     target = request.headers.get(TARGET_HEADER)
@@ -29,3 +27,8 @@ async def invocations(request: Request) -> Response:
     body = await read_body(request, rt.settings.max_body_bytes)
     out = await rt.infer(model_id, body, received=received, timeout_s=timeout_of(rt, request))
     return prediction_response(model_id, out)
+
+
+hot_path(router, "/invocations", ["POST"], invocations)
+router.post("/invocations", summary="Predict with the model named by X-Amzn-SageMaker-Target-Model",
+            response_model=PredictionResponse)(invocations)
