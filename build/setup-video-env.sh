@@ -20,9 +20,10 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "shoal: creating the video environment in ${venv#$here/} (about 5.5 GB: torch's CUDA build, run on CPU)" >&2
   python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install -q --upgrade pip >&2
+quiet() { { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2; }  # local index noise
+"$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | quiet
 # shellcheck disable=SC2086
-"$venv/bin/python" -m pip install -q $pins >&2
+"$venv/bin/python" -m pip install -q $pins 2>&1 | quiet
 "$venv/bin/python" - >&2 <<'EOF'
 import torch, torchvision, ultralytics  # fail here, not in the middle of a trace
 print(f"shoal: video env ready: torch {torch.__version__}, torchvision {torchvision.__version__}, "
