@@ -28,7 +28,8 @@ def serve(
     batch_fairness: Annotated[Optional[float], typer.Option(help="how far (x average queue time) a batch-mate "
                                                                  "may overtake other models' requests")] = None,
     request_timeout: Annotated[Optional[float], typer.Option("--request-timeout", help="seconds before 504")] = None,
-    token: Annotated[Optional[str], typer.Option(help="bearer token for /models routes (or SHOAL_TOKEN)")] = None,
+    token: Annotated[Optional[str], typer.Option(help="bearer token for /models routes (prefer SHOAL_TOKEN: "
+                                                      "flags show in ps)")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
     """Serve many models from the store in one process pinned to one device."""
@@ -51,6 +52,8 @@ def serve(
         store = store or the_plan.store or None
         device = device or entry.device
         port = entry.port if port is None else port
+        if executors is None and threads is None and entry.threads and entry.device == "cpu":
+            executors = entry.threads  # the plan sized this server at that many vCPUs
     elif models is not None:
         catalog = [m.strip() for m in models.split(",") if m.strip()]
         if not catalog:

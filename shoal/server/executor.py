@@ -34,11 +34,23 @@ def check_device(device: Device) -> None:
 
 
 def device_cores(device: Device) -> int:
+    """Cores this process may use: its slice, else its affinity, capped by a cgroup CPU quota
+    (a Kubernetes CPU limit leaves every node core in the affinity mask)."""
     if device.cores:
         return len(device.cores)
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    return max(1, min(cores, quota)) if quota else cores
+
+
+def _cgroup_cpus(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    try:
+        limit, period = open(path).read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if limit == "max":
+        return None
+    return max(1, int(-(-int(limit) // int(period))))
 
 
 def executor_layout(device: Device, executors: int | None, threads: int | None) -> tuple[int, int]:
