@@ -12,18 +12,14 @@ import pytest
 
 from shoal.loadtest.sweep import knee, summarise
 from shoal.store.local import LocalStore
-from shoal.trace.tiny import make_tiny_model
+from tests.test_loadtest_e2e import shared_tiny_store
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
-    root = tmp_path_factory.mktemp("sweep")
-    store = LocalStore(root / "store")
-    make_tiny_model(store, "tiny-cls", build_dir=root / "build")
-    make_tiny_model(store, "tiny-cls-bf16", precision="bf16", build_dir=root / "build")
-    return store
+    return shared_tiny_store(tmp_path_factory)
 
 
 def sweep(*args: str) -> subprocess.CompletedProcess:
@@ -42,8 +38,8 @@ def test_knee_is_the_first_batch_size_near_the_best() -> None:
 def test_sweep_writes_csv_json_and_three_plots(tiny_store: LocalStore, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     proc = sweep("--model", "tiny-cls", "--precision", "fp32,bf16", "--store", tiny_store.uri,
-                 "--batch-sizes", "1,4", "--clients", "1,4", "--duration", "0.6s", "--warmup", "0.2s",
-                 "--inprocess-seconds", "0.3", "--threads", "1", "--out", str(out))
+                 "--batch-sizes", "1,4", "--clients", "1,3", "--duration", "0.4s", "--warmup", "0.1s",
+                 "--inprocess-seconds", "0.2", "--threads", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     with open(out / "sweep.csv") as fh:
         rows = list(csv.DictReader(fh))

@@ -19,15 +19,28 @@ from shoal.trace.tiny import make_tiny_model
 MODELS: list[str] = []
 
 
+def shared_tiny_store(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
+    """tiny-cls (fp32), tiny-cls-bf16 and one synthesised copy, traced once per test session.
+
+    Both the load-test and the sweep tests use it; tracing is most of their set-up time.
+    """
+    root = tmp_path_factory.getbasetemp() / "loadtest-tiny"
+    store = LocalStore(root / "store")
+    if not (root / "done").exists():
+        make_tiny_model(store, "tiny-cls", build_dir=root / "build")
+        make_tiny_model(store, "tiny-cls-bf16", precision="bf16", build_dir=root / "build")
+        synth_models(store, "tiny-cls", 1, prefix="tiny-copy", build_dir=root / "build")  # milliseconds
+        (root / "done").touch()
+    return store
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("loadtest")
-    store = LocalStore(root / "store")
-    make_tiny_model(store, "tiny-cls", build_dir=root / "build")
-    synth_models(store, "tiny-cls", 1, build_dir=root / "build")  # a second model in milliseconds
-    MODELS[:] = store.list_ids()
+    store = shared_tiny_store(tmp_path_factory)
+    MODELS[:] = [m for m in store.list_ids() if m != "tiny-cls-bf16"]
     assert len(MODELS) == 2
-    with ServerProcess(store.uri, root / "serve.log", {"preload": "all"}) as srv:
+    log = tmp_path_factory.mktemp("loadtest") / "serve.log"
+    with ServerProcess(store.uri, log, {"preload": "all"}, models=MODELS) as srv:
         yield srv
 
 
@@ -45,8 +58,8 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 def test_closed_loop_pooled_report_and_json(server: ServerProcess, tmp_path: Path) -> None:
     out = tmp_path / "run.json"
-    proc = shoal("--target", server.url, "--clients", "8", "--duration", "2s", "--warmup", "0.5s",
-                 "--ceiling-seconds", "1", "--price-per-hour", "0.17", "--json", str(out))
+    proc = shoal("--target", server.url, "--clients", "8", "--duration", "1.5s", "--warmup", "0.3s",
+                 "--ceiling-seconds", "0.6", "--price-per-hour", "0.17", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "p95 ms" in proc.stdout and "generator ceiling" in proc.stdout
     doc = json.loads(out.read_text())
