@@ -32,6 +32,7 @@ STAGE_MODULES = (
     "shoal.server.cli",
     "shoal.loadtest.cli",
     "shoal.jobs.cli",
+    "shoal.capacity_cli",
 )
 
 
