@@ -67,8 +67,15 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
             raise IntegrityError(f"{manifest.id}: file {name} does not match the sha256 in its manifest")
 
 
+def check_listed(manifest: Manifest) -> None:
+    """The files the server loads (artifact, tokenizer) must be listed, so their sha256 is checked too."""
+    for name in (manifest.artifact, manifest.tokenizer):
+        if name and name not in manifest.files:
+            raise IntegrityError(f"{manifest.id}: {name} has no sha256 in its manifest: refused")
+
+
 def manifest_bytes(manifest: Manifest) -> bytes:
     return manifest.model_dump_json(indent=2).encode()
 
 
-__all__ = ["ModelStore", "verify_files", "manifest_bytes", "MANIFEST_NAME"]
+__all__ = ["ModelStore", "verify_files", "check_listed", "manifest_bytes", "MANIFEST_NAME"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from shoal.errors import StoreError
 from shoal.ids import check_model_id, is_valid_model_id
-from shoal.store.base import MANIFEST_NAME, ModelStore, manifest_bytes, verify_files
+from shoal.store.base import MANIFEST_NAME, ModelStore, check_listed, manifest_bytes, verify_files
 from shoal.store.manifest import Manifest
 
 
@@ -64,7 +64,9 @@ class LocalStore(ModelStore):
 
     def fetch(self, model_id: str) -> Path:
         folder = self._dir(model_id)
-        verify_files(folder, self.read_manifest(model_id))
+        manifest = self.read_manifest(model_id)
+        check_listed(manifest)
+        verify_files(folder, manifest)
         return folder
 
     def remove(self, model_id: str) -> None:

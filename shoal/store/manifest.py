@@ -7,13 +7,26 @@ server (reads format, task, shapes and batching, and checks every sha256).
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 MANIFEST_NAME = "shoal.json"
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
+
+
+def check_file_name(name: str) -> str:
+    """A file name from a manifest must stay inside the model's folder: relative, no '..', no '\\'.
+
+    Stores join these names onto local folders (fetch writes there), so a name such as
+    ``../../x`` or ``/etc/x`` from a tampered manifest would read or write outside them.
+    """
+    if not _FILE_NAME.match(name) or ".." in name or len(name) > 255:
+        raise ValueError(f"file name {name[:80]!r} is not a plain relative path inside the model folder")
+    return name
 
 Kind = Literal["text", "detector", "tensor"]
 Task = Literal["embedding", "classification", "question-answering", "detection"]
@@ -68,6 +81,18 @@ class Manifest(BaseModel):
     base: str | None = Field(None, description="id this model was synthesised from, if any")
     spec_sha256: str = Field("", description="hash of the catalog entry that produced it (up-to-date check)")
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @field_validator("files")
+    @classmethod
+    def _safe_file_names(cls, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        for name in files:
+            check_file_name(name)
+        return files
+
+    @field_validator("artifact", "tokenizer")
+    @classmethod
+    def _safe_name(cls, name: str | None) -> str | None:
+        return None if name is None else check_file_name(name)
 
     @property
     def total_bytes(self) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 from shoal.errors import StoreError
 from shoal.ids import check_model_id, is_valid_model_id
-from shoal.store.base import MANIFEST_NAME, ModelStore, manifest_bytes, verify_files
+from shoal.store.base import MANIFEST_NAME, ModelStore, check_listed, manifest_bytes, verify_files
 from shoal.store.manifest import Manifest, sha256_file
 
 
@@ -105,6 +105,7 @@ class S3Store(ModelStore):
 
     def fetch(self, model_id: str) -> Path:
         manifest = self.read_manifest(model_id)
+        check_listed(manifest)
         folder = self.cache_dir / model_id
         folder.mkdir(parents=True, exist_ok=True)
         for name, entry in manifest.files.items():
