@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from shoal.server.artifacts import load_torchscript
 from shoal.server.errors import ApiError, PayloadTooLarge, Unprocessable
 from shoal.server.handlers.base import Handler, LoadContext, Parsed
 from shoal.server.media import MediaBody
@@ -87,8 +88,7 @@ class DetectorHandler(Handler):
         self.names = manifest.labels
         self.defaults = DetectOptions()
         self.max_pixels = DEFAULT_MAX_PIXELS
-        self.module = torch.jit.load(str(folder / manifest.artifact), map_location=ctx.torch_device)
-        self.module.eval()
+        self.module = load_torchscript(folder / manifest.artifact, ctx.torch_device)  # never a pickle
 
     # -- request side (event loop: validation and base64 only) --
     def parse(self, body: Any) -> Parsed:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from shoal.server.artifacts import load_torchscript
 from shoal.server.errors import Unprocessable
 from shoal.server.handlers.base import Handler, LoadContext, Parsed
 from shoal.server.schemas import (QABatchRequest, QARequest, TextBatchRequest, TextRequest, V2InferRequest,
@@ -78,8 +79,7 @@ class TextHandler(Handler):
         self.task = manifest.task
         self.seq_len = manifest.seq_len or 512
         self.tokenizer = _tokenizer(folder, manifest, self.seq_len)
-        self.module = torch.jit.load(str(folder / manifest.artifact), map_location=ctx.torch_device)
-        self.module.eval()
+        self.module = load_torchscript(folder / manifest.artifact, ctx.torch_device)  # never a pickle
         self.labels = manifest.labels
 
     # -- request side --
