@@ -48,6 +48,7 @@ def run(settings: Settings, device: Device, catalog: list[str] | None, log_level
     import uvicorn
 
     from shoal.server.app import create_app
+    from shoal.server.http_limits import BoundedHttpToolsProtocol
     from shoal.server.runtime import Runtime
 
     threads = pin(device, settings)
@@ -58,7 +59,7 @@ def run(settings: Settings, device: Device, catalog: list[str] | None, log_level
     runtime = Runtime(settings, device, catalog)
     app = create_app(runtime)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+    config = uvicorn.Config(app, loop="uvloop", http=BoundedHttpToolsProtocol, lifespan="on", access_log=False,
                             log_level=log_level, timeout_graceful_shutdown=5, server_header=False)
     host, port = sock.getsockname()[:2]
     models = "every model in the store" if catalog is None else f"{len(catalog)} models"
