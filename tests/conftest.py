@@ -65,3 +65,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def reliability_store(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """Tiny good models, a tampered one, a slow one and crafted pickles (tests/reliability_support.py)."""
+    from tests.reliability_support import build_reliability_store
+
+    return build_reliability_store(tmp_path_factory.mktemp("reliability"))
