@@ -66,6 +66,14 @@ def test_exact_solver_beats_the_greedy_rules_on_small_problems() -> None:
     assert r.cost == pytest.approx(2.5) and r.optimal and r.method.startswith("exact")
 
 
+def test_tiny_demands_do_not_fool_the_milp() -> None:
+    """Found by hypothesis: with a 6e-8 compute demand HiGHS's MIP presolve called 4 optimal."""
+    d = demands([0.5, 0.5, 0.75, 0.25], [0.5, 5.960464477539063e-08, 0.0, 0.0], [itype("a"), itype("b")])
+    exact = solve_exact(d, 3.0, 10.0)
+    assert exact.optimal and exact.packing is not None and exact.packing.cost(d) == pytest.approx(3.0)
+    assert solve(d).cost == pytest.approx(3.0)
+
+
 def test_bound_charges_for_big_models() -> None:
     """Three models of 0.55: capacity says 2 devices, any packing needs 3; the DFF rows see it."""
     d = demands([0.55 * 0.9] * 3, None, [itype("a")])

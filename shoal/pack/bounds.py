@@ -24,6 +24,14 @@ TOL = 1e-9
 INTEGER_COUNTS_MAX_VARS = 2000  # HiGHS branching on counts over more columns can overrun its time limit
 
 
+def _options(time_limit: float) -> dict[str, object]:
+    """HiGHS options for every solve here. Presolve is off: on a 4-model case with a 6e-8
+    demand, HiGHS's MIP presolve (SciPy 1.17.1) returned a wrong "optimal" (see exact.py
+    and tests/test_pack_solver.py), and a bound must never be wrong; without presolve
+    the 3,000-model relaxation still solves in about 0.1 s."""
+    return {"time_limit": time_limit, "disp": False, "presolve": False}
+
+
 def dff_u(x: np.ndarray, k: int) -> np.ndarray:
     """u^(k)(x) = x if (k+1)x is an integer else floor((k+1)x)/k, rounded to stay valid."""
     y = (k + 1) * x
@@ -67,8 +75,7 @@ class Relaxation:
         lo, hi = np.zeros(nx + k), self.upper.copy()
         for t, count in pinned.items():
             lo[nx + t] = hi[nx + t] = count
-        res = milp(self.c, bounds=Bounds(lo, hi), constraints=self.cons,
-                   options={"time_limit": time_limit, "disp": False})
+        res = milp(self.c, bounds=Bounds(lo, hi), constraints=self.cons, options=_options(time_limit))
         if res.x is None:
             return None
         x = np.zeros((n, k))
@@ -120,7 +127,7 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
     bounds = Bounds(np.zeros(nx + k), ub)
     cons = LinearConstraint(a, np.concatenate(lo), np.concatenate(hi))
     # Pure LP first: fast and always a valid bound; then integer instance counts on top.
-    res = milp(c, bounds=bounds, constraints=cons, options={"time_limit": time_limit, "disp": False})
+    res = milp(c, bounds=bounds, constraints=cons, options=_options(time_limit))
     if res.status == 2:
         return Bound(np.inf, None, None, True, feasible=False, tightest=tightest(d))
     if res.x is None:
@@ -136,7 +143,7 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
     # Small problems: integer instance counts with the models still fractional, a little
     # tighter; its dual bound is valid even when the time limit stops it.
     integral = milp(c, integrality=np.concatenate([np.zeros(nx), np.ones(k)]), bounds=bounds, constraints=cons,
-                    options={"time_limit": min(1.0, time_limit), "mip_rel_gap": 1e-6, "disp": False})
+                    options={**_options(min(1.0, time_limit)), "mip_rel_gap": 1e-6})
     if integral.status == 2:
         return Bound(np.inf, None, None, True, feasible=False, tightest=tightest(d))
     dual = getattr(integral, "mip_dual_bound", None)
@@ -160,7 +167,7 @@ def _representable(prices: np.ndarray, max_counts: np.ndarray, at_least: float) 
         return at_least
     res = milp(prices, integrality=np.ones(k), bounds=Bounds(np.zeros(k), max_counts),
                constraints=LinearConstraint(prices[None, :], [at_least - 1e-9], [np.inf]),
-               options={"time_limit": 1.0, "disp": False})
+               options=_options(1.0))
     dual = getattr(res, "mip_dual_bound", None)
     if res.status == 0:
         return max(at_least, float(res.fun))

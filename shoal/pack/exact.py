@@ -109,9 +109,11 @@ def solve_exact(d: Demands, upper: float, time_limit: float) -> ExactResult:
     for t, typ in enumerate(d.types):
         c[n_base + t] = typ.price
         ub[n_base + t] = math.ceil(budget[t] / typ.devices)
+    # Presolve off: on a 4-model case with a 6e-8 demand, HiGHS's MIP presolve (SciPy 1.17.1)
+    # returned a wrong "optimal" (tests/test_pack_solver.py keeps the case).
     res = milp(c, integrality=np.ones(nvar), bounds=Bounds(np.zeros(nvar), ub),
                constraints=LinearConstraint(a, lo, hi),
-               options={"time_limit": time_limit, "mip_rel_gap": 1e-6, "disp": False})
+               options={"time_limit": time_limit, "mip_rel_gap": 1e-6, "disp": False, "presolve": False})
     dual = getattr(res, "mip_dual_bound", None)
     bound = float(dual) if dual is not None and np.isfinite(dual) else 0.0
     if res.x is None:

@@ -88,6 +88,9 @@ def solve(d: Demands, time_limit: float = 5.0, exact: bool = True, start: Packin
                 lb, optimal, method = cost, True, "exact: HiGHS MILP (optimal)"
             else:
                 method = "exact: HiGHS MILP (time limit; best found)"
+    if lb > cost + 1e-6:  # a "bound" above a valid plan's cost is a solver fault: prove nothing
+        return Result(best, cost, cost, method + " (bound failed; optimality not proven)", time.monotonic() - t0,
+                      False)
     if cost <= lb + 1e-9:
         optimal = True
         lb = cost
