@@ -29,6 +29,12 @@ from shoal.jobs.queue import open_queue  # noqa: E402
 from shoal.loadtest.http import Connection, parse_base_url  # noqa: E402
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process: less sensitive to a shared machine than wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def build_models(root: Path, count: int) -> str:
     """One traced tiny classifier and ``count - 1`` copies under other ids (same files, new manifest id)."""
     from shoal.store.local import LocalStore
@@ -110,10 +116,14 @@ def main() -> None:
     try:
         server = Server(serve, env)
         try:
-            sync = asyncio.run(closed_loop(server.url, ids, args.clients, args.seconds, args.warmup))
+            asyncio.run(closed_loop(server.url, ids, args.clients, args.warmup, 0))  # warm-up, not recorded
+            cpu0 = cpu_s(server.proc.pid)
+            sync = asyncio.run(closed_loop(server.url, ids, args.clients, args.seconds, 0))
+            sync_cpu = (cpu_s(server.proc.pid) - cpu0) / max(1, len(sync.latencies_ms))
         finally:
             server.stop()
-        print(json.dumps({"step": "sync", **sync.summary()}), flush=True)
+        print(json.dumps({"step": "sync", **sync.summary(), "server_cpu_ms_per_request": round(sync_cpu * 1000, 3)}),
+              flush=True)
 
         front = Server(serve, {**env, "SHOAL_ASYNC_WORKERS": "0"})
         try:
@@ -126,8 +136,10 @@ def main() -> None:
         results = work / "jobs" / "results"
         drain = Server(serve, env)
         try:
+            cpu0 = cpu_s(drain.proc.pid)
             while sum(1 for _ in results.rglob("*.json")) < len(job_ids) if results.exists() else True:
                 time.sleep(0.5)
+            drain_cpu = (cpu_s(drain.proc.pid) - cpu0) / len(job_ids)
         finally:
             drain.stop()
         recs = asyncio.run(records(queue, job_ids))
@@ -138,8 +150,10 @@ def main() -> None:
         waits = sorted(r.finished_at - r.started_at for r in recs)
         print(json.dumps({"step": "drain", "jobs": len(recs), "seconds": round(last - first, 2),
                           "jobs_per_s": round(rate, 1), "redeliveries": sum(r.attempts - 1 for r in recs),
-                          "job_p50_ms": round(waits[len(waits) // 2] * 1000, 1)}), flush=True)
+                          "job_p50_ms": round(waits[len(waits) // 2] * 1000, 1),
+                          "server_cpu_ms_per_job": round(drain_cpu * 1000, 3)}), flush=True)
         print(json.dumps({"drain_over_sync": round(rate / sync.throughput, 3), "sync_rps": round(sync.throughput, 1),
+                          "cpu_per_item_sync_over_async": round(sync_cpu / drain_cpu, 3),
                           "drain_jobs_per_s": round(rate, 1), "machine_after": machine()}), flush=True)
     finally:
         if redis is not None:

@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=24)
     ap.add_argument("--batch-sizes", default="1,2,4,8,16")
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--warmup", type=float, default=4.0)
+    ap.add_argument("--warmup", type=float, default=2.0)
     args = ap.parse_args()
     import torch
 

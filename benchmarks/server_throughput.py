@@ -48,14 +48,18 @@ def main() -> None:
                                                       "--store; e.g. the fp32 store when serving bf16)")
     ap.add_argument("--open-loop", default="", help="fractions of the limit to try as Poisson rates")
     ap.add_argument("--open-seconds", type=float, default=15)
+    ap.add_argument("--open-layout", default="2x1", help="the layout the open-loop sweep runs on")
+    ap.add_argument("--inprocess-seconds", type=float, default=6)
+    ap.add_argument("--limit-again", action="store_true", help="measure the limit again after the served runs")
     ap.add_argument("--serve-args", default="", help="extra `shoal serve` flags")
     args = ap.parse_args()
     print(json.dumps({"machine": machine()}), flush=True)
     store = open_store(args.store)
     ids = [i for i in store.list_ids() if i.startswith(args.prefix)][: args.count]
     weights = sum(store.read_manifest(i).files[store.read_manifest(i).artifact].size for i in ids)
-    limit = args.limit or inprocess_limit(args.limit_store or args.store, args.prefix, args.count, args.batch_sizes,
-                                          args.seconds / 3)
+    ref = args.limit_store or args.store
+    limit = args.limit or inprocess_limit(ref, args.prefix, args.count, args.batch_sizes, args.inprocess_seconds)
+    rows = []
     for layout in args.layouts.split(","):
         executors, threads = layout.split("x")
         server = Server(["--store", args.store, "--models", ",".join(ids), "--executors", executors, "--threads",
@@ -67,12 +71,21 @@ def main() -> None:
                    "rss_mb": round(server.rss_bytes() / 2**20), "weights_mb": round(weights / 2**20),
                    "above_weights_mb": round((server.rss_bytes() - weights) / 2**20)}
             print(json.dumps(row), flush=True)
+            rows.append(row)
+            if layout != args.open_layout:
+                continue
             for frac in [float(f) for f in args.open_loop.split(",") if f]:
                 res = asyncio.run(open_loop(server.url, ids, frac * limit, args.open_seconds))
                 print(json.dumps({"layout": layout, "open_loop_fraction": frac, "rate": round(frac * limit, 1),
                                   **res.summary()}), flush=True)
         finally:
             server.stop()
+    if not args.limit and args.limit_again:  # the CPU is shared: bracket the served runs with two limits
+        again = inprocess_limit(ref, args.prefix, args.count, args.batch_sizes, args.inprocess_seconds)
+        mean = (limit + again) / 2
+        for row in rows:
+            print(json.dumps({"layout": row["layout"], "limit_before": limit, "limit_after": again,
+                              "fraction_of_mean_limit": round(row["throughput"] / mean, 3)}), flush=True)
 
 
 if __name__ == "__main__":
