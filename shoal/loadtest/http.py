@@ -67,14 +67,26 @@ class Response:
     body: bytes
 
 
-class Connection:
-    """One persistent connection; reconnects lazily after the server closes it."""
+class _Stale(Exception):
+    """A reused keep-alive connection the server had already closed: nothing was answered."""
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float) -> None:
+
+class Connection:
+    """One persistent connection; reconnects lazily after the server closes it.
+
+    Servers close idle keep-alive connections (uvicorn after 5 s). A connection idle
+    longer than ``max_idle_s`` is replaced before use, and a request that finds a
+    reused connection closed before any response byte is sent again once on a fresh
+    one, as HTTP clients do; a fresh connection's failure is always an error.
+    """
+
+    def __init__(self, endpoint: Endpoint, timeout_s: float, max_idle_s: float = 4.0) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self.max_idle_s = max_idle_s
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._last_used = 0.0
         self._host_line = f"Host: {endpoint.host}:{endpoint.port}\r\n".encode()
 
     async def _connect(self) -> None:
@@ -96,7 +108,14 @@ class Connection:
         """Send one request and read its response, within ``timeout_s``."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self._exchange(method, path, body)
+                try:
+                    return await self._exchange(method, path, body)
+                except _Stale:
+                    self.close()
+                    return await self._exchange(method, path, body)
+        except _Stale:
+            self.close()
+            raise HttpError("connection", "the server closed the connection before answering") from None
         except TimeoutError:
             self.close()
             raise HttpError("timeout", f"no response within {self.timeout_s:g}s") from None
@@ -105,6 +124,10 @@ class Connection:
             raise HttpError("connection", f"{type(exc).__name__}: {exc}") from None
 
     async def _exchange(self, method: str, path: str, body: bytes | None) -> Response:
+        loop_time = asyncio.get_running_loop().time()
+        if self._writer is not None and loop_time - self._last_used > self.max_idle_s:
+            self.close()  # the server may be about to close it: do not race its keep-alive timeout
+        reused = self._writer is not None
         if self._writer is None:
             await self._connect()
         assert self._reader is not None and self._writer is not None
@@ -115,7 +138,13 @@ class Connection:
         else:
             self._writer.write(head + b"\r\n")
         reader = self._reader
-        raw = await reader.readuntil(b"\r\n\r\n")
+        try:
+            raw = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+            nothing = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
+            if reused and nothing:
+                raise _Stale() from None
+            raise
         lines = raw.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
         length = -1
@@ -138,6 +167,8 @@ class Connection:
             close = True
         if close:
             self.close()
+        else:
+            self._last_used = asyncio.get_running_loop().time()
         return Response(status, data)
 
     @staticmethod
