@@ -39,11 +39,11 @@ def capacity(
     from shoal.pack.catalog import load_catalog, resolve
     from shoal.server.executor import check_device, executor_layout
     from shoal.store import store_from_settings
-    from shoal.vision.frames import frame_bytes
+    from shoal.vision.frames import frame_bytes, parse_size
 
     if slo_ms <= 0 or (fps is not None and fps <= 0) or frames < 1:
         raise UsageError("--slo-ms, --fps and --frames must be positive")
-    width, height = _size(frame_size)
+    width, height = parse_size(frame_size)
     dev = parse_device(device)
     if dev.kind not in ("cpu", "cuda"):
         raise UsageError(f"capacity measures cpu or cuda devices, not {dev.kind}")
@@ -70,16 +70,6 @@ def capacity(
 
         json_out.write_text(json.dumps({"measurement": m.to_json(), "targets": [asdict(t) for t in targets],
                                         "reference": REFERENCE, "slo_ms": slo_ms, "fps": fps}, indent=1))
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--frame-size {text!r}: use WxH, e.g. 1280x720") from None
-    if not (16 <= w <= 8192 and 16 <= h <= 8192):
-        raise UsageError(f"--frame-size {text!r}: each side must be 16..8192")
-    return w, h
 
 
 def _here(m, dev, slo_ms: float, fps: float | None):  # type: ignore[no-untyped-def]

@@ -55,6 +55,10 @@ def loadtest(
     capacity: Annotated[Optional[float], typer.Option(help="req/s that % rates in a scenario refer to")] = None,
     seed: Annotated[int, typer.Option(help="seed of model choice, payload order and arrivals")] = 0,
     progress: Annotated[bool, typer.Option(help="live status line on a terminal")] = True,
+    video: Annotated[bool, typer.Option("--video", help="cameras sending JPEG frames at --fps to detector models "
+                                                        "(see shoal/loadtest/video.py)")] = False,
+    cameras: Annotated[Optional[int], typer.Option(help="video: cameras (default: one per detector model)")] = None,
+    frame_size: Annotated[str, typer.Option(help="video: frame WxH")] = "1280x720",
 ) -> None:
     """Load-test a server or a whole plan: pooled P50/P90/P95/P99, req/s, errors by kind, $ per million."""
     from shoal.loadtest.command import LoadtestOptions, machine_info, run_loadtest
@@ -80,6 +84,18 @@ def loadtest(
         if rec.ok == 0:
             raise ShoalError("self-test got no successful response from the no-op server")
         return
+    if video:
+        from shoal.loadtest.scenario import parse_duration
+        from shoal.loadtest.video import VideoOptions, run_video
+        from shoal.vision.frames import parse_size
+
+        run_video(VideoOptions(
+            target=target, plan=plan, model_ids=_csv(model_ids), cameras=cameras, fps=5.0 if fps is None else fps,
+            duration_s=parse_duration(duration or "30s", "--duration"), frame_size=parse_size(frame_size),
+            timeout_s=parse_duration(timeout or "30s", "--timeout"), seed=seed, json_path=json_path,
+            max_error_rate=0.01 if max_error_rate is None else max_error_rate, host=host, namespace=namespace,
+            base_url_template=base_url_template), console)
+        return
     opts = LoadtestOptions(
         target=target, plan=plan, base_url_template=base_url_template, host=host, namespace=namespace,
         model_ids=_csv(model_ids), scenario=scenario, clients=clients, rate=rate, duration=duration,
@@ -92,8 +108,12 @@ def loadtest(
         ov = outcome.result.overall
         if ov.total == 0:
             raise ShoalError("the run sent no request: check --duration/--requests")
-        raise ShoalError(f"error rate {ov.error_rate:.2%} ({ov.error_count:,} of {ov.total:,}) exceeds "
-                         f"--max-error-rate {outcome.document['max_error_rate']:g}")
+        if len(outcome.result.stages) == 1:
+            raise ShoalError(f"error rate {ov.error_rate:.2%} ({ov.error_count:,} of {ov.total:,}) exceeds "
+                             f"--max-error-rate {outcome.document['max_error_rate']:g}")
+        bad = "; ".join(f"{w['label']}: {w['error_rate']:.2%} of {w['requests']:,} > {w['limit']:g}"
+                        for w in outcome.document["failed_windows"])
+        raise ShoalError(f"error rate over the limit in {bad}")
 
 
 def register(app: typer.Typer) -> None:

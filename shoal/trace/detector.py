@@ -159,6 +159,7 @@ def check_and_freeze(src: Path, dst: Path, classes: int, size: int, device: str)
     if drift > 1e-4:
         raise ShoalError(f"freezing the export changed its output (relative {drift:.2g})")
     torch.jit.save(frozen, str(dst))
+    shutil.copyfile(src, dst.with_name("traced.pt"))  # unfrozen, kept in the build cache for `shoal models synth`
 
 
 def measure(artifact: Path, size: int, batch_sizes: list[int], threads: int, device: str,

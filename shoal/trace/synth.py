@@ -51,7 +51,9 @@ def synth_models(store: ModelStore, base_id: str, count: int, *, seed: int = 0, 
     ids = [check_model_id(f"{prefix or base_id}-{seed + i:0{width}d}") for i in range(count)]
     staging = Path(tempfile.mkdtemp(prefix="shoal-synth-"))
     try:
-        shutil.copyfile(base_folder / "tokenizer.json", staging / "tokenizer.json")
+        for name in base.files:  # everything but the weights (tokenizer.json; nothing for detectors)
+            if name != base.artifact:
+                shutil.copyfile(base_folder / name, staging / name)
         for i, model_id in enumerate(ids):
             _perturb(module, originals, seed + i)
             frozen = torch.jit.freeze(module)

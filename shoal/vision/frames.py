@@ -7,6 +7,8 @@ import random
 
 from PIL import Image, ImageDraw
 
+from shoal.errors import UsageError
+
 
 def synthetic_frame(width: int = 1280, height: int = 720, seed: int = 0, shapes: int = 16) -> Image.Image:
     """A street-like frame: sky, road, and coloured boxes and ellipses standing in for objects."""
@@ -35,3 +37,14 @@ def encode_jpeg(image: Image.Image, quality: int = 85) -> bytes:
 
 def frame_bytes(width: int, height: int, seed: int = 0) -> bytes:
     return encode_jpeg(synthetic_frame(width, height, seed))
+
+
+def parse_size(text: str, flag: str = "--frame-size") -> tuple[int, int]:
+    """'1280x720' -> (1280, 720), one clear line otherwise."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: use WxH, e.g. 1280x720") from None
+    if not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise UsageError(f"{flag} {text!r}: each side must be 16..8192")
+    return w, h
