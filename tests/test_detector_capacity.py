@@ -63,15 +63,25 @@ def test_capacity_prints_the_stage_table_and_prices_a_catalog_type(cap_store: Mo
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--model", "nope"], "not in"),
-    (["--model", "words"], "text model"),
-    (["--model", "cam", "--instance-type", "inf1.xlarge"], "inf1"),
-    (["--model", "cam", "--instance-type", "x9.huge"], "unknown instance type"),
-    (["--model", "cam", "--frame-size", "wide"], "--frame-size"),
-    (["--model", "cam", "--slo-ms", "0"], "positive"),
-    (["--model", "cam", "--device", "neuron:0"], "cpu or cuda"),
+    ({"model": "nope"}, "not in"),
+    ({"model": "words"}, "text model"),
+    ({"model": "cam", "instance_type": "inf1.xlarge"}, "inf1"),
+    ({"model": "cam", "instance_type": "x9.huge"}, "unknown instance type"),
+    ({"model": "cam", "frame_size": "wide"}, "--frame-size"),
+    ({"model": "cam", "slo_ms": 0}, "positive"),
+    ({"model": "cam", "device": "neuron:0"}, "cpu or cuda"),
 ])
-def test_capacity_bad_input_is_one_line(cap_store: ModelStore, args: list[str], message: str) -> None:
-    proc = run_cli("capacity", "--store", cap_store.uri, "--frames", "1", *args)
-    assert proc.returncode != 0
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+def test_capacity_bad_input_is_a_usage_error(cap_store: ModelStore, args: dict, message: str) -> None:
+    from shoal.capacity_cli import capacity
+    from shoal.errors import UsageError
+
+    kwargs = {"device": "cpu", "slo_ms": 500.0, "fps": None, "instance_type": None, "executors": None,
+              "threads": None, "frames": 1, "frame_size": "64x64", "store": cap_store.uri, "catalog": None,
+              "json_out": None, **args}
+    with pytest.raises(UsageError, match=message):
+        capacity(**kwargs)
+
+
+def test_capacity_error_is_one_line_on_the_command_line(cap_store: ModelStore) -> None:
+    proc = run_cli("capacity", "--model", "words", "--store", cap_store.uri)
+    assert proc.returncode != 0 and "text model" in proc.stderr and "Traceback" not in proc.stderr

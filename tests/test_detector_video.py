@@ -50,7 +50,19 @@ def test_video_loadtest_reports_stages_and_frame_accounting(cams: ServerProcess,
 
 
 def test_video_loadtest_bad_input(cams: ServerProcess) -> None:
-    for args, message in ((["--fps", "0"], "positive"), (["--frame-size", "big"], "--frame-size"),
-                          (["--model-ids", "cam-0", "--cameras", "0"], "at least 1")):
-        proc = run_cli("loadtest", "--video", "--target", cams.url, "--duration", "1s", *args)
-        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+    from rich.console import Console
+
+    from shoal.errors import UsageError
+    from shoal.loadtest.video import VideoOptions, run_video
+    from shoal.vision.frames import parse_size
+
+    quiet = Console(file=open("/dev/null", "w"))
+    for opts, message in ((VideoOptions(target=cams.url, fps=0), "positive"),
+                          (VideoOptions(target=cams.url, model_ids=["cam-0"], cameras=0), "at least 1"),
+                          (VideoOptions(), "exactly one of")):
+        with pytest.raises(UsageError, match=message):
+            run_video(opts, quiet, quiet)
+    with pytest.raises(UsageError, match="--frame-size"):
+        parse_size("big")
+    proc = run_cli("loadtest", "--video", "--target", cams.url, "--fps", "0")
+    assert proc.returncode != 0 and "positive" in proc.stderr and "Traceback" not in proc.stderr
