@@ -119,8 +119,9 @@ def _print(m, targets, slo_ms: float, fps: float | None) -> None:  # type: ignor
     from shoal.capacity import REFERENCE
 
     cpu = _cpu_model()
-    stages = Table(title=f"{m.model_id} on {m.device} ({cpu}): {m.frames} frames of {m.frame}, "
-                         f"{m.executors} executor(s) x {m.threads} thread(s)")
+    out.print(f"{m.model_id} on {m.device} ({cpu}): {m.frames} frames of {m.frame}, {m.executors} executor(s) x "
+              f"{m.threads} thread(s), load average {os.getloadavg()[0]:.1f}", highlight=False)
+    stages = Table()
     stages.add_column("stage")
     stages.add_column("P50 ms", justify="right")
     stages.add_column("P90 ms", justify="right")
