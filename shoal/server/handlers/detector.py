@@ -154,6 +154,9 @@ class DetectorHandler(Handler):
             except ImageError as exc:
                 failures[i] = Unprocessable(str(exc))
                 continue
+            except Exception as exc:  # an odd file Pillow trips over must not fail its batch-mates
+                failures[i] = Unprocessable(f"image cannot be decoded: {type(exc).__name__}: {exc}")
+                continue
             chw, geo = letterbox(image, self.size)
             rows.append(i)
             tensors.append(chw)
