@@ -90,14 +90,16 @@ def test_open_loop_poisson_and_sequential_models(server: ServerProcess, tmp_path
 
 def test_burst_stages_report_each_window(server: ServerProcess, tmp_path: Path) -> None:
     scenario = tmp_path / "burst.yaml"
-    scenario.write_text("name: mini-burst\nstages:\n  - {rate: 10%, duration: 1s}\n  - {rate: 150%, duration: 1s}\n")
+    scenario.write_text("name: mini-burst\nstages:\n  - {rate: 10%, duration: 1s}\n"
+                        "  - {rate: 150%, duration: 1s, max_error_rate: 1.0}\n")
     out = tmp_path / "burst.json"
     proc = shoal("--target", server.url, "--scenario", str(scenario), "--capacity", "40", "--ceiling", "off",
-                 "--max-error-rate", "1", "--json", str(out))
+                 "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     assert [s["offered_rate_rps"] for s in doc["stages"]] == [4.0, 60.0]
-    assert doc["scenario"] == "mini-burst"
+    assert [s["error_rate_limit"] for s in doc["stages"]] == [None, 1.0]
+    assert doc["scenario"] == "mini-burst" and doc["failed_windows"] == []
     assert sum(s["requests"] for s in doc["stages"]) == doc["requests"]
 
 
@@ -125,6 +127,13 @@ def test_errors_are_counted_by_kind_and_fail_the_run(server: ServerProcess, tmp_
     tolerant = shoal(*args, "--max-error-rate", "0.6")
     assert tolerant.returncode == 0, tolerant.stderr
     assert json.loads(out.read_text())["errors"] == 4  # still reported, never dropped
+    scenario = tmp_path / "stages.yaml"
+    scenario.write_text("stages:\n  - {rate: 20, duration: 0.5s, max_error_rate: 1.0}\n  - {rate: 20, duration: 0.5s}\n")
+    staged = shoal("--target", server.url, "--model-ids", "no-such-model", "--scenario", str(scenario),
+                   "--ceiling", "off", "--json", str(out))
+    assert staged.returncode == 1
+    assert "error rate over the limit in 20 req/s: 100.00%" in one_error_line(staged)
+    assert [w["limit"] for w in json.loads(out.read_text())["failed_windows"]] == [0.01]  # the 2nd window only
 
 
 def test_plan_routing_with_dns_cache(server: ServerProcess, tmp_path: Path) -> None:

@@ -80,7 +80,8 @@ def test_checked_in_scenarios_are_valid() -> None:
     assert (ref.clients, parse_duration(ref.duration), ref.models) == (40, 60.0, "random")
     assert names["zipf-1000-models"].models == "zipf:1.1" and names["zipf-1000-models"].expect_models == 1000
     burst = names["burst"]
-    assert [s.rate for s in burst.stages][:2] == ["10%", "150%"] and burst.capacity == "measure"
+    assert [s.rate for s in burst.stages] == ["10%", "150%", "10%"] and burst.capacity == "measure"
+    assert [s.max_error_rate for s in burst.stages] == [None, 1.0, None]  # shedding only in the overload step
 
 
 @pytest.mark.parametrize("text, message", [

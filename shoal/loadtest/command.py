@@ -141,13 +141,16 @@ def _spec(o: LoadtestOptions, sc: Scenario, routes: Routes, console: Console) ->
                     raise UsageError("the scenario's rates are % of capacity: pass --capacity R (req/s)")
                 capacity = _measure_capacity(routes, o, sc, console)
             spec.stages = [Stage(parse_rate(s.rate, capacity), parse_duration(s.duration, "stage duration"),
-                                 f"{s.rate}" + (f" ({parse_rate(s.rate, capacity):,.0f} req/s)"
-                                                if str(s.rate).endswith("%") else " req/s"))
-                           for s in sc.stages]
+                                 _stage_label(s.rate, capacity), s.max_error_rate) for s in sc.stages]
         return spec, "open loop (Poisson), " + " -> ".join(f"{s.rate:,.1f}/s for {s.duration_s:g}s"
                                                             for s in spec.stages)
     what = f"{requests:,} requests" if requests and duration is None else f"{duration:g}s"
     return spec, f"closed loop, {spec.clients} clients, {what}"
+
+
+def _stage_label(rate: str | float, capacity: float | None) -> str:
+    value = parse_rate(rate, capacity)
+    return f"{rate} ({value:,.0f} req/s)" if str(rate).strip().endswith("%") else f"{value:g} req/s"
 
 
 def _measure_capacity(routes: Routes, o: LoadtestOptions, sc: Scenario, console: Console) -> float:
@@ -204,6 +207,10 @@ def report_console() -> Console:
     return c if c.is_terminal else Console(width=160)
 
 
+def _limit(rec: Recorder, default: float) -> float:
+    return rec.max_error_rate if rec.max_error_rate is not None else default
+
+
 def run_loadtest(o: LoadtestOptions, console: Console | None = None, out: Console | None = None) -> LoadtestOutcome:
     """Run one load test; ``console`` gets status lines (stderr), ``out`` the report (stdout)."""
     console = console or Console(stderr=True)
@@ -240,8 +247,11 @@ def run_loadtest(o: LoadtestOptions, console: Console | None = None, out: Consol
         "max_error_rate": max_err, "machine": machine_info(), **o.extra_meta,
     }
     doc = build_document(meta, result.stages, overall, cost, ceiling, warnings)
-    passed = overall.total > 0 and overall.error_rate <= max_err
+    failed = [r for r in result.stages if r.total == 0 or r.error_rate > _limit(r, max_err)]
+    passed = overall.total > 0 and not failed
     doc["passed"] = passed
+    doc["failed_windows"] = [{"label": r.label, "error_rate": round(r.error_rate, 6), "limit": _limit(r, max_err),
+                              "requests": r.total} for r in failed]
     if o.json_path:
         write_json(o.json_path, doc)
         console.print(f"wrote {o.json_path}", highlight=False)

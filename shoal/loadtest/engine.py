@@ -28,6 +28,7 @@ class Stage:
     rate: float
     duration_s: float
     label: str = ""
+    max_error_rate: float | None = None  # None: the run's --max-error-rate
 
 
 @dataclass
@@ -211,7 +212,8 @@ async def run_open(routes: Routes, payloads: Payloads | None, spec: LoadSpec, t0
     t = t0
     try:
         for stage in stages:
-            rec = None if stage.label == "warmup" else Recorder(stage.label or f"{stage.rate:g} rps", stage.rate)
+            rec = None if stage.label == "warmup" else Recorder(stage.label or f"{stage.rate:g} rps", stage.rate,
+                                                                stage.max_error_rate)
             if rec is not None:
                 recorders.append(rec)
                 phase[0] = rec.label

@@ -17,7 +17,7 @@ from typing import Callable
 
 from shoal.errors import ShoalError
 from shoal.loadtest import aio
-from shoal.loadtest.engine import LoadSpec, Stage, now, run_closed, run_open, run_single
+from shoal.loadtest.engine import LoadSpec, now, run_closed, run_open, run_single
 from shoal.loadtest.http import Endpoint
 from shoal.loadtest.payload import load_payloads
 from shoal.loadtest.stats import Recorder
@@ -45,7 +45,7 @@ def _split(n: int, parts: int, i: int) -> int:
 
 
 def _share(spec: LoadSpec, workers: int, i: int) -> LoadSpec:
-    stages = [Stage(s.rate / workers, s.duration_s, s.label) for s in spec.stages]
+    stages = [replace(s, rate=s.rate / workers) for s in spec.stages]
     requests = None if spec.requests is None else _split(spec.requests, workers, i)
     return replace(spec, clients=_split(spec.clients, workers, i), stages=stages, requests=requests,
                    max_connections=max(1, spec.max_connections // workers))

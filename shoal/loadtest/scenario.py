@@ -60,6 +60,7 @@ class StageSpec(BaseModel):
 
     rate: Union[str, float] = Field(description="requests/s or 'N%' of capacity")
     duration: Duration
+    max_error_rate: float | None = Field(None, ge=0, le=1, description="this stage's limit (default: the run's)")
 
 
 class CapacityProbe(BaseModel):

@@ -24,9 +24,11 @@ class ModelStats:
 class Recorder:
     """Counts for one measurement window (a whole run, or one stage of a burst)."""
 
-    def __init__(self, label: str = "run", offered_rate: float | None = None) -> None:
+    def __init__(self, label: str = "run", offered_rate: float | None = None,
+                 max_error_rate: float | None = None) -> None:
         self.label = label
         self.offered_rate = offered_rate
+        self.max_error_rate = max_error_rate
         self.hist = Histogram()
         self.ok = 0
         self.errors: dict[str, int] = {}
@@ -111,7 +113,8 @@ class Recorder:
     def to_dict(self) -> dict:
         """Lossless form, shipped from worker processes (window times are wall-clock based)."""
         return {
-            "label": self.label, "offered_rate": self.offered_rate, "hist": self.hist.to_dict(), "ok": self.ok,
+            "label": self.label, "offered_rate": self.offered_rate, "max_error_rate": self.max_error_rate,
+            "hist": self.hist.to_dict(), "ok": self.ok,
             "errors": self.errors, "error_examples": self.error_examples,
             "models": {m: {"ok": s.ok, "errors": s.errors, "hist": s.hist.to_dict()} for m, s in self.models.items()},
             "first_start": self.first_start, "last_end": self.last_end, "max_lag_s": self.max_lag_s,
@@ -119,7 +122,7 @@ class Recorder:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recorder":
-        r = cls(d["label"], d.get("offered_rate"))
+        r = cls(d["label"], d.get("offered_rate"), d.get("max_error_rate"))
         r.hist = Histogram.from_dict(d["hist"])
         r.ok = d["ok"]
         r.errors = dict(d["errors"])
@@ -137,6 +140,7 @@ class Recorder:
             "ok": self.ok,
             "errors": self.error_count,
             "error_rate": round(self.error_rate, 6),
+            "error_rate_limit": self.max_error_rate,  # this window's own limit, if it has one
             "errors_by_kind": dict(sorted(self.errors.items())),
             "error_examples": dict(sorted(self.error_examples.items())),
             "duration_s": round(self.duration_s, 3),
