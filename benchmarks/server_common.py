@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from shoal.loadtest.http import Connection, parse_base_url
+from shoal.loadtest.http import Connection, HttpError, parse_base_url
 from shoal.samples import sentences
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +140,11 @@ async def open_loop(url: str, model_ids: list[str], rate: float, seconds: float,
 
     async def one(scheduled: float, model_id: str, body: bytes) -> None:
         conn = idle.pop() if idle else Connection(endpoint, 120.0)
-        resp = await conn.request("POST", f"/predictions/{model_id}", body)
+        try:
+            resp = await conn.request("POST", f"/predictions/{model_id}", body)
+        except HttpError:
+            result.errors += 1
+            return
         done = time.perf_counter()
         idle.append(conn)
         if resp.status != 200:
