@@ -17,6 +17,7 @@ import torch
 
 from shoal.store import open_store
 from shoal.store.base import ModelStore
+from shoal.trace.tiny import make_tiny_model
 from shoal.vision.image import decode_image
 from shoal.vision.letterbox import letterbox
 from shoal.vision.postprocess import DetectOptions, postprocess
@@ -31,6 +32,7 @@ def det_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     root = tmp_path_factory.mktemp("det")
     store = open_store(f"file://{root / 'store'}")
     make_tiny_detector(store, "tiny-det", root / "build")
+    make_tiny_model(store, "tiny-text", build_dir=root / "build")
     return store
 
 
@@ -142,6 +144,9 @@ def test_bad_images_answer_4xx_naming_the_problem_and_the_server_keeps_serving(d
         mixed = c.post("/predictions/tiny-det", json={"inputs": [
             {"image": base64.b64encode(jpeg).decode()}, {"image": base64.b64encode(b"not an image").decode()}]})
         assert "not an image" in error_of(mixed, 422)
+        to_text = c.post("/predictions/tiny-text", content=jpeg, headers={"Content-Type": "image/jpeg"})
+        assert "got image/jpeg bytes" in error_of(to_text, 422)
+        assert c.post("/predictions/tiny-text", json={"text": "still JSON"}).status_code == 200
         ok = c.post("/predictions/tiny-det", content=jpeg, headers={"Content-Type": "image/jpeg"})
         metrics = c.get("/metrics").text
     assert ok.status_code == 200 and det_server.proc and det_server.proc.poll() is None

@@ -93,7 +93,8 @@ M = TypeVar("M", bound=BaseModel)
 def validate(model: type[M], data: Any) -> M:
     """``model`` built from ``data``, or 422 naming the first bad field."""
     if not isinstance(data, dict):
-        raise Unprocessable(f"body must be a JSON object, got {type(data).__name__}")
+        kind = getattr(data, "content_type", None)  # a MediaBody (image bytes) sent to a JSON-only model
+        raise Unprocessable(f"body must be a JSON object, got {f'{kind} bytes' if kind else type(data).__name__}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
