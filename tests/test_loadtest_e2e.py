@@ -185,3 +185,17 @@ def test_self_test_measures_the_generator_ceiling(tmp_path: Path) -> None:
     assert "generator ceiling:" in proc.stdout
     doc = json.loads(out.read_text())
     assert doc["errors"] == 0 and doc["throughput_rps"] > 500
+
+
+def test_plan_routes_learn_each_models_task_from_its_server(server: ServerProcess, tmp_path: Path) -> None:
+    """A plan has no tasks; the generator asks each server, so QA models get question/context bodies."""
+    from shoal.loadtest.targets import routes_from_plan
+
+    plan = Plan(instances=[InstancePlan(name="i0", type="local", price_per_hour=0.0)],
+                servers=[ServerPlan(name="shoal-0", instance="i0", instance_type="local", processor="cpu",
+                                    device="cpu", port=server.port, models=MODELS)],
+                routing={m: "shoal-0" for m in MODELS})
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    routes = routes_from_plan(path, None)
+    assert routes.tasks == {m: "classification" for m in MODELS}

@@ -133,8 +133,27 @@ def routes_from_plan(path: Path, model_ids: list[str] | None, template: str | No
     for m in chosen:
         if m not in plan.routing:
             raise UsageError(f"model {m!r} is not in the routing table of plan {path}")
-    return Routes(endpoints, {m: plan.routing[m] for m in chosen}, {m: None for m in chosen},
+    return Routes(endpoints, {m: plan.routing[m] for m in chosen}, _plan_tasks(endpoints, plan.routing, chosen),
                   plan.cost_per_hour or None, sorted({i.type for i in plan.instances}))
+
+
+def _plan_tasks(endpoints: dict[str, Endpoint], routing: dict[str, str], chosen: list[str]) -> dict[str, str | None]:
+    """Each model's task as its server lists it, so a QA model gets question/context bodies.
+
+    A plan carries no tasks; a server that cannot be asked leaves its models' tasks unknown (text bodies).
+    """
+    tasks: dict[str, str | None] = {m: None for m in chosen}
+    wanted = {routing[m] for m in chosen}
+    for name in wanted:
+        ep = endpoints[name]
+        try:
+            listed = list_server_models(f"http://{ep.connect_host}:{ep.port}", timeout_s=2.0)
+        except UsageError:
+            continue
+        for m in chosen:
+            if routing[m] == name and listed.get(m):
+                tasks[m] = listed[m]
+    return tasks
 
 
 class ModelChooser:
