@@ -47,10 +47,12 @@ def pin(device: Device, settings: Settings) -> int:
 def run(settings: Settings, device: Device, catalog: list[str] | None, log_level: str = "warning") -> None:
     import uvicorn
 
+    from shoal.server.allocator import tune_malloc
     from shoal.server.app import create_app
     from shoal.server.http_limits import BoundedHttpToolsProtocol
     from shoal.server.runtime import Runtime
 
+    tune_malloc()  # before any weights are allocated: see shoal/server/allocator.py
     threads = pin(device, settings)
     # Executor threads hand results back while the event loop runs Python; a 1 ms switch interval
     # (default 5 ms) bounds how long a finished forward waits for the GIL.
