@@ -73,6 +73,7 @@ def bodies(n: int = 512, seed: int = 7) -> list[bytes]:
 @dataclass
 class RunResult:
     latencies_ms: list[float] = field(default_factory=list)
+    done_at: list[float] = field(default_factory=list)  # completion times, for the windowed fairness figure
     per_model: dict[str, int] = field(default_factory=dict)
     per_client: list[int] = field(default_factory=list)
     errors: int = 0
@@ -86,11 +87,29 @@ class RunResult:
         data = sorted(self.latencies_ms)
         return data[min(len(data) - 1, int(q / 100 * len(data)))] if data else float("nan")
 
+    def windowed_ratio(self, window_s: float = 2.0) -> float | None:
+        """P99 / P50 of each latency divided by the median latency of its completion window.
+
+        On a shared CPU the capacity drifts over seconds, and with closed-loop clients the
+        latency follows it (Little's law); dividing by the window's median removes that drift
+        and leaves what the server decides: whether some requests wait longer than others.
+        """
+        if not self.done_at:
+            return None
+        start = min(self.done_at)
+        windows: dict[int, list[float]] = {}
+        for t, lat in zip(self.done_at, self.latencies_ms):
+            windows.setdefault(int((t - start) / window_s), []).append(lat)
+        medians = {k: sorted(v)[len(v) // 2] for k, v in windows.items()}
+        norm = sorted(lat / medians[int((t - start) / window_s)] for t, lat in zip(self.done_at, self.latencies_ms))
+        return norm[int(0.99 * len(norm))] / norm[len(norm) // 2]
+
     def summary(self) -> dict:
         counts = list(self.per_model.values()) or [0]
         return {"requests": len(self.latencies_ms), "errors": self.errors, "throughput": round(self.throughput, 2),
                 "p50_ms": round(self.pct(50), 2), "p90_ms": round(self.pct(90), 2), "p99_ms": round(self.pct(99), 2),
                 "p99_over_p50": round(self.pct(99) / self.pct(50), 3) if self.latencies_ms else None,
+                "p99_over_p50_windowed": round(self.windowed_ratio() or 0, 3),
                 "per_model_min_max": [min(counts), max(counts)],
                 "per_client_min_max": [min(self.per_client or [0]), max(self.per_client or [0])]}
 
@@ -120,6 +139,7 @@ async def closed_loop(url: str, model_ids: list[str], clients: int, seconds: flo
                     result.errors += 1
                     continue
                 result.latencies_ms.append((t1 - t0) * 1000)
+                result.done_at.append(t1)
                 result.per_model[model_id] = result.per_model.get(model_id, 0) + 1
                 result.per_client[i] += 1
         conn.close()
@@ -151,6 +171,7 @@ async def open_loop(url: str, model_ids: list[str], rate: float, seconds: float,
             result.errors += 1
             return
         result.latencies_ms.append((done - scheduled) * 1000)
+        result.done_at.append(done)
         result.per_model[model_id] = result.per_model.get(model_id, 0) + 1
 
     start = time.perf_counter()
