@@ -9,6 +9,7 @@ frame was due is late. Per-stage times come from the server's own ``timings``.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -151,8 +152,9 @@ def summarise(cameras: list[CameraStats], wall_s: float, o: VideoOptions) -> dic
 
 
 def print_report(doc: dict[str, Any], out: Console) -> None:
-    table = Table(title=f"{doc['cameras']} cameras ({doc['models']} models) at {doc['fps']:g} fps for "
-                        f"{doc['duration_s']:g} s, {doc['frame']} frames")
+    out.print(f"{doc['cameras']} cameras ({doc['models']} models) at {doc['fps']:g} fps for {doc['duration_s']:g} s, "
+              f"{doc['frame']} frames", highlight=False)
+    table = Table()
     table.add_column("stage")
     table.add_column("P50 ms", justify="right")
     table.add_column("P90 ms", justify="right")
@@ -194,7 +196,7 @@ def run_video(o: VideoOptions, console: Console, out: Console | None = None) -> 
     console.print(f"video: {len(cameras)} cameras at {o.fps:g} fps for {o.duration_s:g} s", highlight=False)
     wall = asyncio.run(_run(cameras, urls, frames, o))
     doc = summarise(cameras, wall, o)
-    print_report(doc, out or Console())
+    print_report(doc, out or Console(width=None if os.isatty(1) else 120))
     if o.json_path:
         from shoal.loadtest.report import write_json
 
