@@ -25,5 +25,9 @@ class StoreError(ShoalError):
     """The model store could not be read or written."""
 
 
+class StoreUnavailable(StoreError):
+    """The store could not be reached (connection refused, timeout, 5xx): transient, worth retrying."""
+
+
 class IntegrityError(StoreError):
     """A file's sha256 does not match its manifest."""

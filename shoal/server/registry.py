@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
+from shoal.errors import StoreUnavailable
 from shoal.ids import is_valid_model_id
 from shoal.server.batcher import ModelBatcher
 from shoal.server.errors import BadRequest, Conflict, DeadlineExceeded, NotFound, Unavailable
@@ -172,6 +173,9 @@ class Registry:
         except _BudgetBusy as exc:
             e.state = State.UNLOADED  # not the model's fault: the next request tries again
             done.set_exception(Unavailable(str(exc), retry_after_s=1))
+        except StoreUnavailable as exc:  # the store is down, not the model: stay unloaded, retry on demand
+            e.state = State.UNLOADED
+            done.set_exception(Unavailable(f"model {e.id} cannot load now: {_one_line(exc)}", retry_after_s=1))
         except Exception as exc:  # any load error marks only this model failed
             e.state, e.reason = State.FAILED, _one_line(exc)
             self.metrics.loads.labels(self.metrics.label(e.id), "failed").inc()
@@ -236,6 +240,8 @@ class Registry:
         async def one(e: ModelEntry) -> None:
             try:
                 e.manifest = await self.run_io(self.store.read_manifest, e.id)  # type: ignore[assignment]
+            except StoreUnavailable:
+                pass  # transient: read again when the model is first asked for
             except Exception as exc:
                 e.state, e.reason = State.FAILED, _one_line(exc)
 
@@ -249,6 +255,8 @@ class Registry:
             e = self.entries[model_id]
             try:
                 manifest = e.manifest or await self.run_io(self.store.read_manifest, model_id)
+            except StoreUnavailable:
+                continue  # transient: loaded on first request instead
             except Exception as exc:
                 e.state, e.reason = State.FAILED, _one_line(exc)
                 continue

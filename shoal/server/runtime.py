@@ -7,12 +7,15 @@ for the result within the request deadline, and accounts metrics.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from shoal.config import Settings, parse_bytes
 from shoal.devices import Device
+from shoal.errors import StoreUnavailable
 from shoal.server.batcher import Pending, Scheduler
 from shoal.server.errors import ApiError, BadRequest, DeadlineExceeded
 from shoal.server.executor import DeviceExecutor, loader_pool, executor_layout
@@ -23,6 +26,9 @@ from shoal.store import store_from_settings
 from shoal.store.base import ModelStore
 
 UNKNOWN = "_unknown_"
+STORE_RETRY_FIRST_S = 0.5
+STORE_RETRY_MAX_S = 15.0
+log = logging.getLogger("shoal.server")
 
 
 @dataclass
@@ -47,15 +53,15 @@ class Runtime:
         self.executor = DeviceExecutor(device, executors, threads)
         self.loader = loader_pool(settings.load_workers)
         self.scheduler = Scheduler(self.executor, settings.max_queue_total, settings.batch_fairness)
-        size = len(catalog) if catalog is not None else len(self.store.list_ids())
-        self.metrics = Metrics(size, settings.per_model_metrics_limit)
+        ids = catalog if catalog is not None else _list_or_later(self.store)
+        self.metrics = Metrics(len(ids), settings.per_model_metrics_limit)
         batching = BatchDefaults(settings.max_batch_size, settings.max_delay_ms, settings.max_queue_per_model)
-        self.registry = Registry(self.store, catalog if catalog is not None else self.store.list_ids(),
-                                 parse_bytes(settings.memory_budget), self.executor.context, self.loader,
-                                 self.metrics, batching)
+        self.registry = Registry(self.store, ids, parse_bytes(settings.memory_budget), self.executor.context,
+                                 self.loader, self.metrics, batching)
         self.registry.open_catalog = catalog is None
         self.capacity = settings.capacity or self.executor.executors * (settings.max_batch_size or 8)
         self.ready = False
+        self.not_ready_reason = "preloading models"
         self.started = time.time()
         self._gauges()
 
@@ -79,15 +85,36 @@ class Runtime:
         )
 
     async def start(self) -> None:
-        """Preload in the background; readiness flips when preloading is done."""
+        """Wait for the store, then preload in the background; readiness flips when preloading is done."""
         text = self.settings.preload.strip().lower()
         count = None if text == "all" else 0 if text == "none" else int(text)
+        await self._wait_for_store()
         try:
             await self.registry.read_manifests()
             if count != 0:
                 await self.registry.preload(count)
         finally:
             self.ready = True
+
+    async def _wait_for_store(self) -> None:
+        """Not ready while the store cannot be reached: retry with exponential backoff (0.5 s to 15 s), forever.
+
+        A server started before its store (or during an outage) recovers by itself instead of
+        crash-looping or marking every model failed.
+        """
+        delay = STORE_RETRY_FIRST_S
+        while True:
+            try:
+                await self.registry.run_io(self.store.check)
+                if self.registry.open_catalog:
+                    for model_id in await self.registry.run_io(self.store.list_ids):  # type: ignore[union-attr]
+                        self.registry.entries.setdefault(model_id, ModelEntry(model_id))
+                return
+            except StoreUnavailable as exc:
+                self.not_ready_reason = f"waiting for the model store: {str(exc).splitlines()[0]}"
+                log.warning("%s; next try in %.1f s", self.not_ready_reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
 
     def shutdown(self) -> None:
         self.executor.shutdown()
@@ -138,6 +165,14 @@ class Runtime:
         total = time.perf_counter() - t0
         self.metrics.model(model_id).request.observe(total)  # type: ignore[attr-defined]
         return Outcome(entry, handler, results, text, parsed.single, _timings(pending, total))
+
+
+def _list_or_later(store: ModelStore) -> list[str]:
+    """The store's ids now, or none yet if it is unreachable (``start`` lists them once it is back)."""
+    try:
+        return store.list_ids()
+    except StoreUnavailable:
+        return []
 
 
 def _parse(handler: Handler, body: Any, how: str) -> Parsed:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from shoal.errors import IntegrityError, StoreError
+from shoal.errors import IntegrityError, StoreError, StoreUnavailable
 from shoal.ids import check_model_id
 from shoal.store.manifest import MANIFEST_NAME, Manifest, sha256_file
 
@@ -46,9 +46,14 @@ class ModelStore(ABC):
         except (json.JSONDecodeError, ValidationError) as exc:
             raise StoreError(f"manifest of {model_id} in {self.uri} is corrupt: {str(exc).splitlines()[0]}") from None
 
+    def check(self) -> None:
+        """Raise StoreUnavailable if the store cannot be reached now (a local folder always can)."""
+
     def exists(self, model_id: str) -> bool:
         try:
             self.read_manifest(model_id)
+        except StoreUnavailable:
+            raise  # unknown, not absent: the caller answers 503, not 404
         except StoreError:
             return False
         return True

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import StoreError
+from shoal.errors import StoreError, StoreUnavailable
 from shoal.ids import check_model_id, is_valid_model_id
 from shoal.store.base import MANIFEST_NAME, ModelStore, check_listed, manifest_bytes, verify_files
 from shoal.store.manifest import Manifest, sha256_file
@@ -43,7 +43,8 @@ class S3Store(ModelStore):
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         """Run one S3 call, turning every botocore failure into one clear StoreError line."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         try:
             return fn(**kwargs)
@@ -51,11 +52,20 @@ class S3Store(ModelStore):
             code = exc.response.get("Error", {}).get("Code", "?")
             if code in ("NoSuchKey", "404"):
                 raise
+            if code in ("InternalError", "ServiceUnavailable", "SlowDown", "500", "502", "503", "504"):
+                raise StoreUnavailable(f"{what} in {self.uri} failed: {code} (the store is unavailable)") from None
             hint = " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)" if code in (
                 "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") else ""
             raise StoreError(f"{what} in {self.uri} failed: {code}{hint}") from None
+        except (BotoConnectionError, HTTPClientError) as exc:
+            raise StoreUnavailable(f"{what} in {self.uri} failed: {exc}") from None
         except BotoCoreError as exc:
             raise StoreError(f"{what} in {self.uri} failed: {exc}") from None
+
+    def check(self) -> None:
+        """One cheap request: StoreUnavailable while the endpoint cannot be reached."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        self._call("reaching the store", self.client.list_objects_v2, Bucket=self.bucket, Prefix=base, MaxKeys=1)
 
     def list_ids(self) -> list[str]:
         base = f"{self.prefix}/" if self.prefix else ""

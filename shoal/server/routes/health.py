@@ -29,7 +29,7 @@ async def ready(request: Request) -> Response:
     rt = runtime_of(request)
     if rt.ready:
         return Response(b'{"ready":true}', media_type="application/json")
-    return json_response({"ready": False, "reason": "preloading models"}, status=503,
+    return json_response({"ready": False, "reason": rt.not_ready_reason}, status=503,
                          headers={"Retry-After": "1"})
 
 
