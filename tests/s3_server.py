@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -28,6 +28,8 @@ class S3Server:
     endpoint: str
     process: subprocess.Popen
     log: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    grpc: dict[str, int] = field(default_factory=dict)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -38,10 +40,11 @@ class S3Server:
             self.process.wait()
 
 
-def start_seaweedfs(workdir: Path) -> S3Server:
+def start_seaweedfs(workdir: Path, ports: dict[str, int] | None = None, grpc: dict[str, int] | None = None) -> S3Server:
+    """Start ``weed mini`` in ``workdir``; pass the ports of an earlier run to restart it at the same endpoint."""
     weed = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
-    ports = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
-    grpc = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
+    ports = ports or {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
+    grpc = grpc or {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
     data = workdir / "weed-data"
     data.mkdir(parents=True, exist_ok=True)
     s3_config = workdir / "s3.json"  # one identity: requests signed with other keys are refused
@@ -58,7 +61,7 @@ def start_seaweedfs(workdir: Path) -> S3Server:
            f"-admin.port={ports['admin']}", f"-admin.port.grpc={grpc['admin']}"]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     log = workdir / "weed.log"
-    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env,
+    proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     endpoint = f"http://127.0.0.1:{ports['s3']}"
     deadline = time.monotonic() + 60
@@ -67,7 +70,7 @@ def start_seaweedfs(workdir: Path) -> S3Server:
             raise RuntimeError(f"weed exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
             httpx.get(endpoint, timeout=1)
-            return S3Server(endpoint, proc, log)
+            return S3Server(endpoint, proc, log, ports, grpc)
         except httpx.HTTPError:
             time.sleep(0.3)
     proc.kill()
