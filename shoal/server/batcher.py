@@ -27,6 +27,7 @@ from shoal.server.metrics import ModelMetrics
 
 CONCURRENCY_ALPHA = 0.2  # weight of the newest sample in the per-model concurrency average
 WAIT_ALPHA = 0.02  # weight of the newest request in the queue-time average
+BATCH_ALPHA = 0.3  # weight of the newest batch in a model's batch-time average (deadline shedding)
 
 
 @dataclass(eq=False, slots=True)
@@ -38,6 +39,7 @@ class Pending:
     encode: bool
     future: asyncio.Future
     enqueued: float
+    deadline: float = float("inf")  # perf_counter time past which the answer is a 504 anyway
     timer: asyncio.TimerHandle | None = None
     running: bool = False
     queue_s: float = 0.0
@@ -63,6 +65,7 @@ class ModelBatcher:
         self.scheduled = False  # present in the scheduler's heap
         self.timer: asyncio.TimerHandle | None = None  # waiting for batch-mates
         self.force = False  # the wait is over: dispatch what is there
+        self.batch_s = 0.0  # moving average of one batch's run time (0: not measured yet)
 
 
 class Scheduler:
@@ -97,6 +100,7 @@ class Scheduler:
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         p = Pending(inputs, single, encode, loop.create_future(), time.perf_counter())
+        p.deadline = p.enqueued + timeout_s
         p.timer = loop.call_later(timeout_s, self._expire, b, p, deadline_s or timeout_s)
         b.concurrency += CONCURRENCY_ALPHA * (b.outstanding - b.concurrency)
         b.queue.append(p)
@@ -133,12 +137,32 @@ class Scheduler:
             if self._should_wait(b, now):
                 b.timer = loop.call_later(b.max_delay_s - (now - b.queue[0].enqueued), self._wait_over, b)
                 continue
+            if b.batch_s and self._shed(b, now):
+                continue
             batch = self._take(b)
             if b.queue:
                 self._push(b)
             self.free -= 1
             fut = self.executor.submit(_run_batch, b.handler, batch, b.max_batch)
             fut.add_done_callback(lambda f, b=b, batch=batch: loop.call_soon_threadsafe(self._done, b, batch, f))
+
+    def _shed(self, b: ModelBatcher, now: float) -> bool:
+        """Answer 504 now to head requests that cannot finish before their deadline; True if none is left.
+
+        A model slower than the deadline would otherwise hold an executor for a whole batch
+        whose every answer is already a 504, while other models' requests wait behind it.
+        """
+        while b.queue and b.queue[0].deadline - now < b.batch_s:
+            p = b.queue.popleft()
+            if p.timer:
+                p.timer.cancel()
+            b.queued_inputs -= len(p.inputs)
+            self.queued_total -= len(p.inputs)
+            b.outstanding -= 1
+            p.future.set_exception(DeadlineExceeded(
+                f"model {b.model_id} takes about {b.batch_s:.2f} s per batch, more than the "
+                f"{max(0.0, p.deadline - now):.2f} s left before the request deadline"))
+        return not b.queue
 
     def _take(self, b: ModelBatcher) -> list[Pending]:
         """The head request plus later ones of the same model, up to max_batch inputs.
@@ -198,7 +222,9 @@ class Scheduler:
             m.preprocess.observe(times.preprocess_s)  # type: ignore[attr-defined]
             m.inference.observe(times.inference_s)  # type: ignore[attr-defined]
             m.postprocess.observe(times.postprocess_s)  # type: ignore[attr-defined]
-            self.busy_s += times.preprocess_s + times.inference_s + times.postprocess_s
+            run_s = times.preprocess_s + times.inference_s + times.postprocess_s
+            self.busy_s += run_s
+            b.batch_s = run_s if not b.batch_s else b.batch_s + BATCH_ALPHA * (run_s - b.batch_s)
             for p, out in zip(batch, outs):
                 if p.timer:
                     p.timer.cancel()
