@@ -171,7 +171,7 @@ GOOD = ["tiny-a", "tiny-b", "tiny-qa", "det"]
 EVIL = ["evil-pickle", "evil-torchsave", "evil-torchscript"]
 
 
-def build_reliability_store(root: Path, slow_s: float = 1.5) -> ReliabilityStore:
+def build_reliability_store(root: Path, slow_s: float = 2.5) -> ReliabilityStore:
     """tiny-a/-b/-qa (text), det (detector), broken (sha256 mismatch), slow, and three crafted pickles."""
     from shoal.store import open_store
     from tests.detector_support import make_tiny_detector

@@ -108,3 +108,55 @@ def test_store_down_at_start_then_back(seaweed: list[S3Server], reliability_stor
     for secret in (SECRET_KEY, TOKEN):
         assert secret not in logged
     assert "Traceback" not in logged
+
+
+@pytest.fixture(scope="module")
+def slow_server(reliability_store: ReliabilityStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = serve(reliability_store.uri, tmp_path_factory.mktemp("slow-state"), "--models", "tiny-a,slow",
+                 "--executors", "2", "--threads", "1", "--request-timeout", "0.6")
+    yield proc
+    proc.stop()
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_slower_than_the_deadline_is_504_and_nothing_backs_up(slow_server: ServerProcess,
+                                                               reliability_store: ReliabilityStore) -> None:
+    url = slow_server.url
+    t0 = time.monotonic()
+    r = httpx.post(f"{url}/predictions/slow", json={"text": "x"}, timeout=30)
+    took = time.monotonic() - t0
+    assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded", r.text
+    assert took < 0.6 + 0.4, took  # answered at the deadline, not when the forward ends
+    time.sleep(reliability_store.slow_s + 0.5)  # that forward runs to its end: now the server knows the model is slow
+
+    async def flood() -> tuple[list[int], list[tuple[int, float]]]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            async def fast() -> list[tuple[int, float]]:
+                out = []
+                end = time.monotonic() + 4.0
+                while time.monotonic() < end:
+                    s = time.monotonic()
+                    resp = await client.post("/predictions/tiny-a", json={"text": "fast"})
+                    out.append((resp.status_code, time.monotonic() - s))
+                    await asyncio.sleep(0.05)
+                return out
+            slow = [client.post("/predictions/slow", json={"text": f"slow {i}"}) for i in range(16)]
+            results = await asyncio.gather(fast(), *slow)
+            return [x.status_code for x in results[1:]], results[0]
+
+    slow_codes, fast_results = asyncio.run(flood())
+    assert set(slow_codes) == {504}, slow_codes
+    fast_codes = [c for c, _ in fast_results]
+    print(f"slow model: 16 slow requests all 504; {len(fast_results)} fast requests meanwhile: "
+          f"{ {c: fast_codes.count(c) for c in set(fast_codes)} }, worst {max(t for _, t in fast_results):.2f} s")
+    assert set(fast_codes) == {200}, fast_results  # the slow model never held both executors
+    assert max(t for _, t in fast_results) < 0.6
+    # Hopeless requests were answered without running: nothing is queued or running once the flood is over.
+    assert metric(url, "shoal_queue_depth") == 0 and metric(url, "shoal_executors_busy") == 0
+    t0 = time.monotonic()
+    assert httpx.post(f"{url}/predictions/tiny-a", json={"text": "after"}, timeout=30).status_code == 200
+    assert time.monotonic() - t0 < 0.5
