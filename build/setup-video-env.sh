@@ -24,11 +24,13 @@ quiet() { { grep -v "is ignored: it is neither a file nor a directory" || true; 
 "$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | quiet
 # shellcheck disable=SC2086
 "$venv/bin/python" -m pip install -q $pins 2>&1 | quiet
-"$venv/bin/python" - >&2 <<'EOF'
+cfg="$(mktemp -d)"  # Ultralytics writes a settings file on import: keep it out of $HOME
+YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$cfg" "$venv/bin/python" - >&2 <<'EOF'
 import torch, torchvision, ultralytics  # fail here, not in the middle of a trace
 print(f"shoal: video env ready: torch {torch.__version__}, torchvision {torchvision.__version__}, "
       f"ultralytics {ultralytics.__version__}")
 EOF
+rm -rf "$cfg"
 echo "$pins" > "$stamp"
 echo "shoal: video environment installed in $(( $(date +%s) - start )) s" >&2
 echo "$venv/bin/python"
