@@ -17,7 +17,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$pins" ] && [ -x "$venv/bin/python"
 fi
 start=$(date +%s)
 if [ ! -x "$venv/bin/python" ]; then
-  echo "shoal: creating the video environment in ${venv#$here/} (about 5.5 GB: torch's CUDA build, run on CPU)" >&2
+  echo "shoal: creating the video environment in ${venv#$here/} (about 6 GB: torch's CUDA build, run on CPU)" >&2
   python3 -m venv "$venv"
 fi
 quiet() { { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2; }  # local index noise

@@ -49,7 +49,7 @@ def video_python(log: Any = print) -> Path:
     if not SETUP_SCRIPT.is_file():
         raise MissingDependencyError("exporting detectors needs Ultralytics in a separate venv: set SHOAL_VIDEO_PYTHON "
                                      "to a python with ultralytics and torchvision installed")
-    log("installing the video environment (.venv-video: ultralytics + torch 2.14.1, ~5.5 GB, a few minutes)")
+    log("installing the video environment (.venv-video: ultralytics + torch 2.14.1, ~6 GB, 3-4 minutes)")
     proc = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=SETUP_TIMEOUT_S,
                           env={**os.environ, "SHOAL_VIDEO_VENV": str(venv)})
     if proc.returncode != 0:
