@@ -75,8 +75,9 @@ def report(name: str, count: int, f: dict[str, float]) -> None:
           f"{WARMUP} -> {f['final_mib']:.1f} MiB ({f['growth'] * 100:+.2f} %), peak {f['peak_mib']:.1f} MiB")
 
 
-@pytest.mark.parametrize("count", [500])
+@pytest.mark.parametrize("count", [500 if LONG else 250])
 def test_load_unload_cycles_do_not_grow_memory(lazy_server: ServerProcess, count: int) -> None:
+    """250 cycles by default (about 40-100 s on the shared 2-core machine), 500 with SHOAL_LONG_TESTS=1."""
     f = cycles(lazy_server, count)
     report("leaks", count, f)
     assert f["growth"] < 0.05, f
