@@ -4,8 +4,10 @@ In this order, each step a fresh `shoal serve` with the same flags and one job q
   1. sync: closed-loop clients POST /predictions/<random model> (the server benchmark's client);
   2. queue: a server with SHOAL_ASYNC_WORKERS=0 accepts N jobs (the same sentences, random models);
   3. drain: a server with its workers on runs them; the drain rate is N over the span from the
-     first job started to the last one finished (from the job records).
-Prints JSON lines and the ratio drain / sync. Builds tiny models when --store is not given.
+     first job started to the last one finished (from the job records);
+  4. sync again: the ratio uses the mean of 1 and 4, so drift of a shared machine cancels.
+Prints JSON lines, the ratio drain / sync, and server CPU per item (steadier than rates when the
+CPU is shared). Builds tiny models when --store is not given.
 
     .venv/bin/python benchmarks/async_drain.py --jobs 10000 --models 24 [--queue redis] [--store file://DIR]
 """
@@ -24,9 +26,21 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from server_common import Server, bodies, closed_loop, machine  # noqa: E402
+from server_common import Server as _Server  # noqa: E402
+from server_common import bodies, closed_loop, machine  # noqa: E402
 from shoal.jobs.queue import open_queue  # noqa: E402
 from shoal.loadtest.http import Connection, parse_base_url  # noqa: E402
+
+
+class Server(_Server):
+    """The server benchmark's process wrapper, also draining stderr (a full pipe would block its logging)."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        super().__init__(args, env)
+        import threading
+
+        self.log: list[str] = []
+        threading.Thread(target=lambda: self.log.extend(self.proc.stderr or []), daemon=True).start()
 
 
 def cpu_s(pid: int) -> float:
@@ -92,7 +106,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--queue", default="sqlite", help="sqlite | redis (a redis-server started here)")
-    ap.add_argument("--serve-args", default="--executors 1 --threads 2")
+    ap.add_argument("--serve-args", default="", help="extra `shoal serve` flags (default: its own)")
     args = ap.parse_args()
     print(json.dumps({"machine": machine(), "jobs": args.jobs, "models": args.models, "queue": args.queue}),
           flush=True)
@@ -113,18 +127,22 @@ def main() -> None:
     env = {"SHOAL_STATE_DIR": str(work / "state"), "SHOAL_ASYNC_QUEUE": queue,
            "SHOAL_ASYNC_STORE": f"file://{work / 'jobs'}"}
     serve = ["--store", store, "--models", ",".join(ids), *args.serve_args.split()]
-    try:
+
+    def sync_run(label: str) -> tuple[float, float]:
         server = Server(serve, env)
         try:
             asyncio.run(closed_loop(server.url, ids, args.clients, args.warmup, 0))  # warm-up, not recorded
             cpu0 = cpu_s(server.proc.pid)
-            sync = asyncio.run(closed_loop(server.url, ids, args.clients, args.seconds, 0))
-            sync_cpu = (cpu_s(server.proc.pid) - cpu0) / max(1, len(sync.latencies_ms))
+            res = asyncio.run(closed_loop(server.url, ids, args.clients, args.seconds, 0))
+            cpu = (cpu_s(server.proc.pid) - cpu0) / max(1, len(res.latencies_ms))
         finally:
             server.stop()
-        print(json.dumps({"step": "sync", **sync.summary(), "server_cpu_ms_per_request": round(sync_cpu * 1000, 3)}),
-              flush=True)
+        print(json.dumps({"step": label, **res.summary(), "server_cpu_ms_per_request": round(cpu * 1000, 3),
+                          "load1": round(os.getloadavg()[0], 2)}), flush=True)
+        return res.throughput, cpu
 
+    try:
+        sync_before = sync_run("sync-before")
         front = Server(serve, {**env, "SHOAL_ASYNC_WORKERS": "0"})
         try:
             job_ids, took = asyncio.run(submit(front.url, ids, args.jobs, args.clients))
@@ -151,8 +169,12 @@ def main() -> None:
         print(json.dumps({"step": "drain", "jobs": len(recs), "seconds": round(last - first, 2),
                           "jobs_per_s": round(rate, 1), "redeliveries": sum(r.attempts - 1 for r in recs),
                           "job_p50_ms": round(waits[len(waits) // 2] * 1000, 1),
-                          "server_cpu_ms_per_job": round(drain_cpu * 1000, 3)}), flush=True)
-        print(json.dumps({"drain_over_sync": round(rate / sync.throughput, 3), "sync_rps": round(sync.throughput, 1),
+                          "server_cpu_ms_per_job": round(drain_cpu * 1000, 3),
+                          "load1": round(os.getloadavg()[0], 2)}), flush=True)
+        sync_after = sync_run("sync-after")
+        sync_rps = (sync_before[0] + sync_after[0]) / 2  # before and after: drift on a shared machine cancels
+        sync_cpu = (sync_before[1] + sync_after[1]) / 2
+        print(json.dumps({"drain_over_sync": round(rate / sync_rps, 3), "sync_rps": round(sync_rps, 1),
                           "cpu_per_item_sync_over_async": round(sync_cpu / drain_cpu, 3),
                           "drain_jobs_per_s": round(rate, 1), "machine_after": machine()}), flush=True)
     finally:

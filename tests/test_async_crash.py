@@ -66,7 +66,7 @@ def test_sigkill_mid_queue_then_restart_completes_every_job_once(backend: str, a
             body = json.loads(Path(final[i]["output_location"].removeprefix("file://")).read_bytes())
             assert body["job_id"] == i and len(body["predictions"]) == 64
         assert not [p for p in jobs.rglob("*") if p.is_file() and p.name.endswith(".part")], "no half objects"
-        assert not list((jobs / "payloads").glob("*")), "payloads are removed once their job finished"
+        wait_for(lambda: not list((jobs / "payloads").glob("*")), 10, 0.05, "payloads removed once their job ended")
         assert any(v["attempts"] >= 2 for v in final.values()), "jobs running at the kill were delivered again"
     finally:
         assert second.proc is not None

@@ -64,7 +64,7 @@ def test_a_job_with_its_payload_and_result_in_s3(s3_endpoint: str, bucket: str, 
                 assert job["output_location"].startswith(f"s3://{bucket}/e2e/results/tiny-a/")
                 result = json.loads(loc.read(job["output_location"]))
                 assert result["job_id"] == job["job_id"] and "label" in result["prediction"]
-        assert loc.root.keys("payloads") == [], "the inline payload is removed after its job"
+        wait_for(lambda: loc.root.keys("payloads") == [], 10, 0.1, "the inline payload removed after its job")
         assert loc.root.keys("inputs") == ["inputs/ref.json"], "a referenced input is left alone"
     finally:
         server.stop()

@@ -26,7 +26,8 @@ def worker(
     threads: Annotated[Optional[int], typer.Option(help="torch threads per executor")] = None,
     memory_budget: Annotated[Optional[str], typer.Option(help="resident model bytes, e.g. 4GiB")] = None,
     max_batch_size: Annotated[Optional[int], typer.Option(help="override every manifest's max batch")] = None,
-    concurrency: Annotated[Optional[int], typer.Option(help="jobs in hand at once (default 4 x capacity)")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="jobs in hand at once (default 8 x capacity, at "
+                                                            "least 32)")] = None,
     host: Annotated[Optional[str], typer.Option(help="address for --port (default 127.0.0.1)")] = None,
     port: Annotated[Optional[int], typer.Option(help="serve /metrics and /v2/health/* on this port")] = None,
     log_level: Annotated[str, typer.Option(help="log level")] = "warning",

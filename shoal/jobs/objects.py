@@ -9,11 +9,11 @@ writer in parts, never held whole in memory.
 
 from __future__ import annotations
 
+import itertools
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlparse
 
 from shoal.errors import StoreError, UsageError
@@ -86,25 +86,35 @@ class Objects(ABC):
 
 
 # -- local folder --
+_SEQ = itertools.count()
+
+
 class _FileWriter(ObjectWriter):
-    def __init__(self, final: Path, location: str) -> None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-        self.final, self.tmp, self.loc = final, Path(tmp), location
-        self.file: IO[bytes] = os.fdopen(fd, "wb")
+    def __init__(self, final: Path, location: str, made: set[Path]) -> None:
+        if final.parent not in made:  # one mkdir per folder per process, not per object
+            final.parent.mkdir(parents=True, exist_ok=True)
+            made.add(final.parent)
+        # a name no other writer uses (pid + counter), created exclusively; no mkstemp randomness needed
+        self.final, self.loc = final, location
+        self.tmp = final.with_name(f".{final.name}.{os.getpid()}-{next(_SEQ)}.part")
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
     def write(self, chunk: bytes) -> None:
-        self.file.write(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self.fd, view):]
         self.size += len(chunk)
 
     def commit(self) -> str:
-        self.file.close()
-        os.chmod(self.tmp, 0o644)
+        os.close(self.fd)
+        self.fd = -1
         os.replace(self.tmp, self.final)  # atomic: readers see the old object or the whole new one
         return self.loc
 
     def abort(self) -> None:
-        self.file.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         self.tmp.unlink(missing_ok=True)
 
 
@@ -112,15 +122,17 @@ class LocalObjects(Objects):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.uri = f"file://{self.root}"
+        self._made: set[Path] = set()
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root not in path.parents:
+        """Checked by its text (no resolve(): that is one lstat per path component, per object)."""
+        parts = key.split("/")
+        if not key or "\0" in key or any(p in ("", ".", "..") for p in parts):
             raise UsageError(f"object key {key!r} escapes {self.uri}")
-        return path
+        return self.root.joinpath(*parts)
 
     def writer(self, key: str) -> ObjectWriter:
-        return _FileWriter(self._path(key), self.location(key))
+        return _FileWriter(self._path(key), self.location(key), self._made)
 
     def get(self, key: str, limit: int | None = None) -> bytes:
         path = self._path(key)

@@ -10,7 +10,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -70,44 +70,44 @@ class JobRecord:
             return self.notify_failure
         return []
 
-    # -- one flat mapping of strings, for SQLite rows and Redis hashes --
+    # -- one flat mapping of strings, for SQLite rows and Redis hashes (on every state change: kept cheap) --
     def to_flat(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for k, v in asdict(self).items():
+        for name, kind in _KINDS.items():
+            v = getattr(self, name)
             if v is None:
                 continue
-            if isinstance(v, list):
-                out[k] = json.dumps(v)
-            elif isinstance(v, bool):
-                out[k] = "1" if v else "0"
-            elif isinstance(v, JobState):
-                out[k] = v.value
+            if kind == "list":
+                out[name] = json.dumps(v)
+            elif kind == "bool":
+                out[name] = "1" if v else "0"
+            elif kind == "state":
+                out[name] = v.value
             else:
-                out[k] = str(v)
+                out[name] = v if kind == "str" else repr(v)
         return out
 
     @classmethod
     def from_flat(cls, data: dict[str, Any]) -> "JobRecord":
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = data.get(f.name)
+        for name, kind in _KINDS.items():
+            raw = data.get(name)
             if raw is None:
                 continue
             if isinstance(raw, bytes):
                 raw = raw.decode()
-            kind = str(f.type)
-            if f.name == "state":
-                values[f.name] = JobState(raw)
-            elif kind.startswith("list"):
-                values[f.name] = json.loads(raw) if isinstance(raw, str) else list(raw)
-            elif kind == "bool":
-                values[f.name] = raw in ("1", 1, True, "true")
+            if kind == "str":
+                values[name] = raw
+            elif kind == "float":
+                values[name] = float(raw)
             elif kind == "int":
-                values[f.name] = int(raw)
-            elif kind.startswith("float"):
-                values[f.name] = float(raw)
+                values[name] = int(raw)
+            elif kind == "bool":
+                values[name] = raw in ("1", 1, True, "true")
+            elif kind == "state":
+                values[name] = JobState(raw)
             else:
-                values[f.name] = raw
+                values[name] = json.loads(raw) if isinstance(raw, str) else list(raw)
         return cls(**values)
 
     def public(self) -> dict[str, Any]:
@@ -126,3 +126,11 @@ class JobRecord:
         elif self.error:
             out["last_error"] = self.error
         return out
+
+
+def _kind(annotation: str) -> str:
+    base = annotation.replace(" | None", "")
+    return {"JobState": "state", "list[str]": "list"}.get(base, base)
+
+
+_KINDS: dict[str, str] = {f.name: _kind(str(f.type)) for f in fields(JobRecord)}

@@ -10,8 +10,8 @@ lease belong to a dead worker: XAUTOCLAIM hands them to a live one. The scripts 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
@@ -22,6 +22,7 @@ from shoal.jobs.records import JobRecord, JobState
 
 GROUP = "workers"
 DISCOVER_S = 5.0  # how often a worker of every model looks for new model streams
+POOL = 32  # connections per process
 
 
 class RedisQueue(JobQueue):
@@ -35,7 +36,10 @@ class RedisQueue(JobQueue):
         self.retention_s = retention_s
         clean = urlunparse(parsed._replace(query=urlencode(query)))
         try:
-            self.redis = aioredis.Redis.from_url(clean, decode_responses=True, health_check_interval=30)
+            # a blocking pool: 100+ jobs in hand share the connections and wait for one, never fail for lack
+            pool = aioredis.BlockingConnectionPool.from_url(clean, max_connections=POOL, timeout=30,
+                                                            decode_responses=True, health_check_interval=30)
+            self.redis = aioredis.Redis(connection_pool=pool)
         except ValueError as exc:
             raise UsageError(f"queue {uri!r}: {exc}") from None
         self._scripts = {name: self.redis.register_script(getattr(lua, name))
@@ -46,6 +50,7 @@ class RedisQueue(JobQueue):
         self._discovered = 0.0
         self._reclaimed = 0.0
         self._promoted = 0.0
+        self._seq = itertools.count(1)
 
     # -- keys --
     def _job(self, job_id: str) -> str:
@@ -177,7 +182,7 @@ class RedisQueue(JobQueue):
             return []
         now = time.time()
         started: list[Delivery] = []
-        tokens = [f"{consumer}:{uuid.uuid4().hex[:12]}" for _ in entries]
+        tokens = [f"{consumer}:{next(self._seq)}" for _ in entries]  # consumer names are unique
         async with self.redis.pipeline(transaction=False) as pipe:
             for (stream, entry, job_id), token in zip(entries, tokens):
                 if job_id is None:  # entry deleted while pending: just acknowledge it

@@ -28,6 +28,7 @@ from shoal.server.runtime import Runtime
 
 log = logging.getLogger("shoal.jobs")
 STATS_S = 2.0
+IO_THREADS = 16  # payload and result I/O mostly waits on the disk or S3, not the CPU: overlap plenty
 
 
 class AsyncService:
@@ -39,7 +40,7 @@ class AsyncService:
         if hasattr(self.queue, "retention_s"):
             self.queue.retention_s = self.s.async_retention_s  # type: ignore[attr-defined]
         self.locations = Locations(self.s.store_uri(base), base.s3_endpoint_url, base.s3_region)
-        self.io_pool = ThreadPoolExecutor(4, thread_name_prefix="shoal-jobs-io")
+        self.io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="shoal-jobs-io")
         self.intake = Intake(self.locations, self.s, self.io)
         self.metrics = JobMetrics(runtime.metrics.registry)
         runtime.metrics.gauges(**self.metrics.sources())  # type: ignore[arg-type]

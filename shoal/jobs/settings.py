@@ -26,8 +26,8 @@ class AsyncSettings(BaseSettings):
     async_store: str | None = Field(None, description="where payloads and results go: file://DIR or "
                                                       "s3://bucket/prefix (default: <state dir>/async)")
     async_workers: bool = Field(True, description="run workers inside `shoal serve` (off: accept jobs only)")
-    async_concurrency: int | None = Field(None, description="jobs one process runs at once (default: 2 x the "
-                                                            "server's capacity)")
+    async_concurrency: int | None = Field(None, description="jobs one process holds at once (default: 8 x "
+                                                            "the server's capacity, at least 32)")
     async_max_payload: str = Field("1GB", description="largest payload accepted at submission")
     async_inline_validate: str = Field("8MiB", description="payloads up to this size are checked (JSON, model "
                                                            "input) before the 202; larger ones stream unchecked")

@@ -11,10 +11,10 @@ kills the server with SIGKILL); a power cut may lose the last commits.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sqlite3
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -56,6 +56,7 @@ class SqliteQueue(JobQueue):
         self._flushing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
+        self._seq = itertools.count(1)
 
     # -- the connection thread --
     def _connect(self) -> sqlite3.Connection:
@@ -184,7 +185,7 @@ class SqliteQueue(JobQueue):
         for job_id, _, raw in chosen:
             rec = _load(raw)
             rec.state, rec.started_at, rec.attempts = JobState.RUNNING, now, rec.attempts + 1
-            token = f"{consumer}:{uuid.uuid4().hex[:12]}"
+            token = f"{consumer}:{next(self._seq)}"  # the consumer name is unique: a counter suffices
             c.execute("UPDATE jobs SET state = 'running', owner = ?, lease_until = ?, record = ? WHERE id = ?",
                       (token, now + lease_s, _dump(rec), job_id))
             out.append(Delivery(rec, token))

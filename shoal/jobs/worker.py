@@ -58,12 +58,14 @@ class Worker:
         self.p = parts
         s, rt = parts.settings, parts.runtime
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.concurrency = s.async_concurrency or max(16, 4 * rt.capacity)
+        # jobs in hand: enough to fill batches of every model while others read payloads and write results
+        self.concurrency = s.async_concurrency or max(32, 8 * rt.capacity)
         self.per_model = rt.settings.max_batch_size or 8
         self.active: dict[str, Delivery] = {}
         self.stopping = False
         self._room = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task] = set()
         self._jobs: dict[str, asyncio.Task] = {}
         self._notifying: set[str] = set()
 
@@ -84,6 +86,12 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def _later(self, coro: Any) -> None:
+        """Work after a job's end (webhooks, payload deletes), waited for when draining."""
+        task = self._keep(asyncio.get_running_loop().create_task(coro))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- claiming --
     async def _claim_loop(self) -> None:
@@ -136,12 +144,18 @@ class Worker:
     async def _run(self, d: Delivery) -> None:
         rec = d.record
         try:
-            await self._attempt(d)
+            try:
+                await self._attempt(d)
+            except ShoalError as exc:  # the queue itself failed (finishing, say): one line, not a traceback
+                log.warning("job %s: %s; it will run again", rec.id, _line(exc))
+                await self._retry_or_fail(d, _line(exc))
+            except Exception as exc:  # a bug: the job is retried, the worker goes on
+                log.exception("job %s: unexpected error", rec.id)
+                await self._retry_or_fail(d, f"internal error: {_line(exc)}")
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug or an unexpected store error: the job is retried, the worker goes on
-            log.exception("job %s: unexpected error", rec.id)
-            await self._retry_or_fail(d, f"internal error: {_line(exc)}")
+        except Exception as exc:  # the queue is unreachable: the lease lapses and another delivery runs it
+            log.warning("job %s: cannot give it back to the queue: %s", rec.id, _line(exc))
         finally:
             self.active.pop(rec.id, None)
             self._jobs.pop(rec.id, None)
@@ -225,13 +239,16 @@ class Worker:
             await self._finished(d.record)
 
     async def _finished(self, rec: JobRecord) -> None:
-        if rec.inline:
-            try:
-                await self._io(self.p.locations.delete, rec.input_location)
-            except Exception as exc:
-                log.warning("job %s: cannot delete its payload: %s", rec.id, _line(exc))
+        if rec.inline:  # off the job's path: its slot is free as soon as the record says done
+            self._later(self._forget(rec))
         if rec.targets():
             self._notify(rec)
+
+    async def _forget(self, rec: JobRecord) -> None:
+        try:
+            await self._io(self.p.locations.delete, rec.input_location)
+        except Exception as exc:  # a leftover payload is only garbage: its job is finished
+            log.warning("job %s: cannot delete its payload: %s", rec.id, _line(exc))
 
     def _notify(self, rec: JobRecord) -> None:
         if rec.id in self._notifying:
@@ -248,7 +265,7 @@ class Worker:
             finally:
                 self._notifying.discard(rec.id)
 
-        self._keep(asyncio.get_running_loop().create_task(send()))
+        self._later(send())
 
     # -- draining --
     async def stop(self, drain_s: float) -> None:
@@ -267,9 +284,9 @@ class Worker:
                 await self.p.queue.retry(d, 0.0, d.record.error, count=False)
             except Exception as exc:
                 log.warning("job %s: cannot give it back (its lease will lapse): %s", d.record.id, _line(exc))
-        notifying = [t for t in self._tasks if not t.done() and t.get_coro().__name__ == "send"]  # type: ignore
-        if notifying:
-            await asyncio.wait(notifying, timeout=max(1.0, deadline - time.monotonic()))
+        background = [t for t in self._background if not t.done()]  # webhooks, payload deletes
+        if background:
+            await asyncio.wait(background, timeout=max(1.0, deadline - time.monotonic()))
         for task in list(self._tasks):
             task.cancel()
         try:
