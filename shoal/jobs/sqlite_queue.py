@@ -159,16 +159,27 @@ class SqliteQueue(JobQueue):
                     lease_s: float, wait_s: float) -> list[Delivery]:
         deadline = time.monotonic() + wait_s
         while True:
-            got = await self._write(lambda c: self._claim(c, models, consumer, limit, per_model, lease_s))
+            got: list[Delivery] = []
+            # an idle poll only reads: the write lock is taken when there is something to claim
+            if await self._read(lambda c: self._anything(c, models)):
+                got = await self._write(lambda c: self._claim(c, models, consumer, limit, per_model, lease_s))
             remaining = deadline - time.monotonic()
             if got or remaining <= 0 or limit <= 0:
-                return got  # type: ignore[no-any-return]
+                return got
             event = self._wake_event()
             event.clear()
             try:
                 await asyncio.wait_for(event.wait(), remaining)
             except TimeoutError:
                 pass
+
+    @staticmethod
+    def _anything(c: sqlite3.Connection, models: list[str] | None) -> bool:
+        now = time.time()
+        where, args = ("", []) if models is None else (f" AND {_MODELS}", [json.dumps(models)])
+        return c.execute(f"SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND available_at <= ?{where}) "
+                         f"OR EXISTS (SELECT 1 FROM jobs WHERE state = 'running' AND lease_until < ?{where})",
+                         (now, *args, now, *args)).fetchone()[0] == 1
 
     def _claim(self, c: sqlite3.Connection, models: list[str] | None, consumer: str, limit: int, per_model: int,
                lease_s: float) -> list[Delivery]:
