@@ -92,8 +92,12 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     store = open_store(f"file://{root / 'store'}")
     for model_id, (task, seed) in TINY.items():
         make_tiny_model(store, model_id, task=task, seed=seed, build_dir=root / "build")
-    make_tiny_model(store, "broken", task="classification", seed=9, build_dir=root / "build")
-    with open(root / "store" / "broken" / "model.pt", "r+b") as fh:
+    # "broken": a copy of tiny-cls under its own id, whose weights are then corrupted on disk
+    src, dst = root / "store" / "tiny-cls", root / "store" / "broken"
+    shutil.copytree(src, dst)
+    manifest = store.read_manifest("tiny-cls").model_copy(update={"id": "broken"})
+    (dst / "shoal.json").write_text(manifest.model_dump_json(indent=2))
+    with open(dst / "model.pt", "r+b") as fh:
         fh.seek(100)
         fh.write(b"corrupted")
     return store
@@ -110,7 +114,3 @@ def server(store_uri: str) -> Iterator[ServerProcess]:
     proc = ServerProcess(["--store", store_uri, "--executors", "2", "--threads", "1"]).start()
     yield proc
     proc.stop()
-
-
-def copy_model(store: ModelStore, src: str, dst_root: Path) -> None:
-    shutil.copytree(Path(store.uri.removeprefix("file://")) / src, dst_root / src)
