@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     preload: str = Field("all", description="all | none | N models loaded at start")
     max_batch_size: int | None = None
     max_delay_ms: float | None = None
+    jit_profiling: bool = Field(False, description="TorchScript's profiling graph executor (two warm-up "
+                                                   "forwards per load) instead of the legacy one (one)")
     max_queue_per_model: int = 256
     batch_fairness: float = Field(0.1, description="a request may join an older batch-mate's batch only if it "
                                                    "overtakes other models' requests by at most this fraction "

@@ -41,6 +41,10 @@ def pin(device: Device, settings: Settings) -> int:
     import torch
 
     torch.set_num_threads(threads)
+    # TorchScript's legacy graph executor optimises on the first call instead of profiling one call
+    # and optimising on the next: one warm-up forward per load instead of two (~60-150 ms less per
+    # cold load of a MiniLM here) at the same steady-state speed (docs/BENCHMARKS.md, ## server).
+    torch._C._jit_set_profiling_executor(settings.jit_profiling)
     return threads
 
 

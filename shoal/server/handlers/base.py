@@ -110,10 +110,19 @@ class Handler(ABC):
         """A small valid input list, used to warm the graph up right after loading."""
 
     def warmup(self) -> None:
-        """Run the graph twice: TorchScript's profiling executor records shapes on the first call and
-        optimises on the second, so no user request pays for either (later shapes reuse the plan)."""
-        for _ in range(2):
+        """Run the graph until it is optimised, so no user request pays for it: once under the legacy
+        graph executor the server uses, twice under TorchScript's profiling executor (it records
+        shapes on the first call and optimises on the second)."""
+        for _ in range(2 if profiling_executor_on() else 1):
             self.run(self.sample_inputs(), 1 << 30)
 
     def close(self) -> None:
         """Drop references to weights so their memory can be returned."""
+
+
+def profiling_executor_on() -> bool:
+    import torch
+
+    previous = torch._C._jit_set_profiling_executor(True)
+    torch._C._jit_set_profiling_executor(previous)
+    return bool(previous)
