@@ -156,3 +156,36 @@ def test_queue_uris_and_groups(tmp_path: Path) -> None:
         open_queue("sqlite://")
     assert model_group(["b", "a"]) == model_group(["a", "b"]) != model_group(["a"])
     assert model_group(None) == "all"
+
+
+def test_grouped_calls_share_trips_and_keep_their_own_results() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shoal.jobs.grouped import Grouped
+
+    trips: list[int] = []
+
+    def square(x: int) -> int:
+        if x == 13:
+            raise ValueError("unlucky")
+        return x * x
+
+    async def go() -> list:
+        pool = ThreadPoolExecutor(2)
+        g: Grouped[int] = Grouped(pool, square, batch=8, trips=1)
+        original = g._trip
+
+        def counting(loop, group):  # type: ignore[no-untyped-def]
+            trips.append(len(group))
+            original(loop, group)
+
+        g._trip = counting  # type: ignore[method-assign]
+        try:
+            return await asyncio.gather(*(g(i) for i in range(20)), return_exceptions=True)
+        finally:
+            pool.shutdown()
+
+    out = asyncio.run(go())
+    assert [x for i, x in enumerate(out) if i != 13] == [i * i for i in range(20) if i != 13]
+    assert isinstance(out[13], ValueError)
+    assert sum(trips) == 20 and len(trips) < 20 and max(trips) <= 8, trips

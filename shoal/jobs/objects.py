@@ -137,13 +137,12 @@ class LocalObjects(Objects):
     def get(self, key: str, limit: int | None = None) -> bytes:
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
-                data = f.read() if limit is None else f.read(limit + 1)
+            with open(path, "rb", buffering=0) as f:
+                if limit is not None and os.fstat(f.fileno()).st_size > limit:
+                    raise StoreError(f"{self.location(key)} is larger than {limit} bytes")
+                return f.read()  # sized from fstat: no buffer of ``limit`` bytes is allocated
         except OSError as exc:
             raise StoreError(f"cannot read {self.location(key)}: {exc.strerror or exc}") from None
-        if limit is not None and len(data) > limit:
-            raise StoreError(f"{self.location(key)} is larger than {limit} bytes")
-        return data
 
     def size(self, key: str) -> int:
         path = self._path(key)

@@ -20,13 +20,14 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from shoal.errors import ShoalError
 from shoal.jobs.execute import execute, parse_payload, result_bytes
+from shoal.jobs.grouped import Grouped
 from shoal.jobs.metrics import JobMetrics
 from shoal.jobs.notify import Notifier
-from shoal.jobs.objects import Locations
+from shoal.jobs.objects import LocalObjects, Locations
 from shoal.jobs.queue import Delivery, JobQueue, model_group
 from shoal.jobs.records import JobRecord, JobState
 from shoal.jobs.settings import AsyncSettings
@@ -68,6 +69,13 @@ class Worker:
         self._background: set[asyncio.Task] = set()
         self._jobs: dict[str, asyncio.Task] = {}
         self._notifying: set[str] = set()
+        # claim in chunks, not one job per freed slot: each claim is a transaction
+        self.claim_chunk = max(1, min(self.per_model, self.concurrency // 4))
+        # local files: calls ride together in few trips; S3: every call its own trip, many at once
+        batch, trips = (64, 2) if isinstance(parts.locations.root, LocalObjects) else (1, 16)
+        self._reader = Grouped(parts.io, self._read_payload, batch, trips)
+        self._writer: Grouped[tuple[str, bytes]] = Grouped(parts.io, self._write, batch, trips)
+        self._deleter = Grouped(parts.io, parts.locations.delete, batch, trips)
 
     def models(self) -> list[str] | None:
         reg = self.p.runtime.registry
@@ -100,7 +108,7 @@ class Worker:
             await asyncio.sleep(0.05)
         while not self.stopping:
             room = self.concurrency - len(self.active)
-            if room <= 0:
+            if room <= 0 or (self.active and room < self.claim_chunk):
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -175,9 +183,9 @@ class Worker:
         self.p.metrics.wait.observe(max(0.0, time.time() - rec.created_at))
         started = time.perf_counter()
         try:
-            body = await self._io(self._read_payload, rec)
+            body = await self._reader(rec)
             single, text = await execute(self.p.runtime, rec.model_id, body, rec.timeout_s)
-            await self._io(self._write, rec.output_location, result_bytes(rec.id, rec.model_id, single, text))
+            await self._writer((rec.output_location, result_bytes(rec.id, rec.model_id, single, text)))
         except Permanent as exc:
             await self._fail(d, str(exc))
             return
@@ -208,12 +216,9 @@ class Worker:
         except ValueError as exc:
             raise Permanent(str(exc)) from None
 
-    def _write(self, location: str, data: bytes) -> None:
-        objects, key = self.p.locations.resolve(location)
-        objects.put(key, data)
-
-    async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.p.io, fn, *args)
+    def _write(self, item: tuple[str, bytes]) -> None:
+        objects, key = self.p.locations.resolve(item[0])
+        objects.put(key, item[1])
 
     async def _retry_or_fail(self, d: Delivery, error: str) -> None:
         rec = d.record
@@ -231,7 +236,7 @@ class Worker:
         summary = {"job_id": rec.id, "model_id": rec.model_id, "error": error, "attempts": rec.attempts,
                    "dead_letter": dead}
         try:
-            await self._io(self._write, rec.failure_location, json.dumps(summary).encode())
+            await self._writer((rec.failure_location, json.dumps(summary).encode()))
         except Exception as exc:  # the record still says why; the failure object is a convenience
             log.warning("job %s: cannot write its failure object: %s", rec.id, _line(exc))
         if await self.p.queue.finish(d, JobState.FAILED, error, dead_letter=dead):
@@ -246,7 +251,7 @@ class Worker:
 
     async def _forget(self, rec: JobRecord) -> None:
         try:
-            await self._io(self.p.locations.delete, rec.input_location)
+            await self._deleter(rec.input_location)
         except Exception as exc:  # a leftover payload is only garbage: its job is finished
             log.warning("job %s: cannot delete its payload: %s", rec.id, _line(exc))
 
