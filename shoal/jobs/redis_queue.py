@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
@@ -196,7 +197,7 @@ class RedisQueue(JobQueue):
             reply = replies[i]
             i += 1
             if job_id is not None and reply:
-                started.append(Delivery(JobRecord.from_flat(_pairs(reply)), token, f"{stream} {entry}"))
+                started.append(Delivery(JobRecord.from_flat(json.loads(reply)), token, f"{stream} {entry}"))
         return started
 
     async def renew(self, deliveries: list[Delivery], lease_s: float) -> None:
