@@ -122,6 +122,10 @@ def test_bad_input_is_refused_at_submission_and_nothing_is_queued(hooked: tuple[
         ("/async/predictions/tiny-a", {}, {"content": b"{not json"}, 400),
         ("/async/predictions/tiny-a", {}, {"content": b""}, 400),
         ("/async/predictions/tiny-a", {}, {"json": {"txt": "short"}}, 422),  # checked against the model
+        ("/async/predictions/tiny-a", {}, {"content": b"\xff\xd8jpeg", "headers": {"content-type": "image/jpeg"}},
+         422),  # a text model takes no images
+        ("/async/predictions/tiny-a", {}, {"files": {"image": ("a.jpg", b"\xff\xd8", "image/jpeg")}}, 415),
+        ("/async/predictions/tiny-a", {}, {"content": b"", "headers": {"content-type": "image/png"}}, 400),
     ]
     with server.client() as c:
         for path, params, kw, status in cases:
@@ -153,6 +157,17 @@ def test_reference_input_and_large_streamed_payload(hooked: tuple[ServerProcess,
     assert (inputs / "one.json").exists(), "a referenced input is the client's: never deleted"
     out = json.loads(Path(g["output_location"].removeprefix("file://")).read_bytes())
     assert len(out["predictions"]) == 200
+
+
+def test_binary_payloads_are_stored_raw_and_reach_the_handler(hooked: tuple[ServerProcess, Receiver, Path]) -> None:
+    server, _, tmp = hooked
+    image = b"\x89PNG\r\n" + bytes(range(256)) * 4  # over the 256-byte check: accepted, refused when it runs
+    with server.client() as c:
+        r = c.post("/async/predictions/tiny-a", content=image, headers={"content-type": "image/png"})
+    assert r.status_code == 202, r.text
+    job = finished(server, r.json()["job_id"])
+    assert job["state"] == "failed" and not job["dead_letter"] and job["attempts"] == 1
+    assert "JSON object" in job["error"], "the text handler saw the raw bytes, not a JSON parse error"
 
 
 def _worker(env: dict[str, str], models: str, *extra: str) -> subprocess.Popen:

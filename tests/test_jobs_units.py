@@ -189,3 +189,15 @@ def test_grouped_calls_share_trips_and_keep_their_own_results() -> None:
     assert [x for i, x in enumerate(out) if i != 13] == [i * i for i in range(20) if i != 13]
     assert isinstance(out[13], ValueError)
     assert sum(trips) == 20 and len(trips) < 20 and max(trips) <= 8, trips
+
+
+def test_payloads_decode_by_content_type() -> None:
+    from shoal.jobs.execute import parse_payload
+    from shoal.server.media import MediaBody
+
+    assert parse_payload(b'{"text": "x"}') == {"text": "x"}
+    body = parse_payload(b"\xff\xd8raw", "image/jpeg")
+    assert isinstance(body, MediaBody) and body.data == b"\xff\xd8raw" and body.content_type == "image/jpeg"
+    assert isinstance(parse_payload(b"x", "application/octet-stream"), MediaBody)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_payload(b"\xff\xd8raw")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from shoal.server.media import RAW_TYPES, MediaBody
 from shoal.server.runtime import Runtime
 
 
@@ -24,8 +25,15 @@ def result_bytes(job_id: str, model_id: str, single: bool, text: str) -> bytes:
     return f'{{"job_id":"{job_id}","model_id":{json.dumps(model_id)},"{key}":{text}}}'.encode()
 
 
-def parse_payload(raw: bytes) -> Any:
-    """The payload as JSON, or ValueError with the one-line reason."""
+def is_binary(content_type: str) -> bool:
+    """Raw bytes (an image for a detector) rather than JSON: the synchronous route's rule."""
+    return content_type.startswith("image/") or content_type in RAW_TYPES
+
+
+def parse_payload(raw: bytes, content_type: str = "application/json") -> Any:
+    """What the handler takes: parsed JSON, or a MediaBody of raw bytes; ValueError with the reason."""
+    if is_binary(content_type):
+        return MediaBody(raw, content_type, {})
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

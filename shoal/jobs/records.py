@@ -50,6 +50,7 @@ class JobRecord:
     state: JobState = JobState.QUEUED
     inline: bool = True
     input_bytes: int = 0
+    content_type: str = "application/json"  # or image/* / application/octet-stream: raw bytes for detectors
     created_at: float = field(default_factory=time.time)
     expires_at: float = 0.0
     timeout_s: float = 900.0

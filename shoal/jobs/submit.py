@@ -3,6 +3,8 @@
 Small bodies (up to ``async_inline_validate``) are read whole and checked before the
 202: JSON, and the model's own input rules when it is resident. Larger bodies stream
 to the job store in parts and are never held whole; they are checked when they run.
+As on the synchronous route, ``image/*`` and ``application/octet-stream`` bodies are raw
+bytes (an image for a detector); anything else is JSON.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import mimetypes
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -20,10 +23,17 @@ from shoal.jobs.notify import MAX_TARGETS, check_webhook_url
 from shoal.jobs.objects import Locations
 from shoal.jobs.records import JobRecord, new_job_id
 from shoal.jobs.settings import AsyncSettings
-from shoal.server.errors import BadRequest, PayloadTooLarge, Unprocessable
+from shoal.jobs.execute import is_binary
+from shoal.server.errors import ApiError, BadRequest, PayloadTooLarge, Unprocessable
 from shoal.server.handlers.base import Handler
+from shoal.server.media import MediaBody
 
 MAX_TIMEOUT_S = 3600.0
+
+
+class UnsupportedMedia(ApiError):
+    status, code = 415, "unsupported_media_type"
+
 REFERENCE_KEYS = {"input_location"}
 
 
@@ -92,22 +102,42 @@ class Intake:
                 raise BadRequest("Content-Length is not a number")
             if int(declared) > cap:
                 raise PayloadTooLarge(f"payload of {declared} bytes exceeds the limit of {cap} bytes")
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            raise UnsupportedMedia("multipart bodies are not queued: send the image itself as the body "
+                                   "(Content-Type: image/jpeg) or JSON")
+        binary = is_binary(kind)
         job_id = new_job_id()
+        key = f"payloads/{job_id}.{'bin' if binary else 'json'}"
         head, more = await _read_head(chunks, min(self.s.validate_bytes, cap))
         inline, size = True, len(head)
-        if more is None:  # the whole body is in hand: check it
-            location, inline, size = await self._small(job_id, head, handler)
+        if more is not None:
+            location, size = await self._stream(key, head, more, cap)
+        elif binary:  # the whole body is in hand: check it
+            location = await self._small_binary(key, head, kind, handler)
         else:
-            location, size = await self._stream(job_id, head, more, cap)
+            location, inline, size = await self._small(key, head, handler)
+        if not inline:  # a reference: an image by its name (s3://b/cam/0001.jpg), else JSON
+            guessed = mimetypes.guess_type(location)[0] or ""
+            binary, kind = (True, guessed) if guessed.startswith("image/") else (False, kind)
         root, now = self.locations.root, time.time()
         return JobRecord(id=job_id, model_id=model_id, input_location=location,
                          output_location=root.location(f"results/{model_id}/{job_id}.json"),
                          failure_location=root.location(f"failures/{model_id}/{job_id}.json"),
-                         inline=inline, input_bytes=size, created_at=now, expires_at=now + opts.ttl_s,
+                         inline=inline, input_bytes=size, content_type=kind if binary else "application/json",
+                         created_at=now, expires_at=now + opts.ttl_s,
                          timeout_s=opts.timeout_s, max_attempts=self.s.async_max_attempts,
                          notify_success=opts.on_success, notify_failure=opts.on_failure)
 
-    async def _small(self, job_id: str, raw: bytes, handler: Handler | None) -> tuple[str, bool, int]:
+    async def _small_binary(self, key: str, raw: bytes, kind: str, handler: Handler | None) -> str:
+        if not raw:
+            raise BadRequest(f"body is empty (0 bytes) for Content-Type {kind}")
+        if handler is not None:
+            handler.parse(MediaBody(raw, kind, {}))  # a text model refuses images here, with its 422
+        location: str = await self.io(self.locations.root.put, key, raw)
+        return location
+
+    async def _small(self, key: str, raw: bytes, handler: Handler | None) -> tuple[str, bool, int]:
         if not raw.strip():
             raise BadRequest("request body is empty: send the JSON payload, or {\"input_location\": \"s3://...\"}")
         try:
@@ -118,7 +148,7 @@ class Intake:
             return await self._reference(body)
         if handler is not None:
             handler.parse(body)  # 422 naming the field, exactly as the synchronous route would
-        location = await self.io(self.locations.root.put, f"payloads/{job_id}.json", raw)
+        location = await self.io(self.locations.root.put, key, raw)
         return location, True, len(raw)
 
     async def _reference(self, body: dict) -> tuple[str, bool, int]:
@@ -140,8 +170,8 @@ class Intake:
                                   f"{self.s.max_payload_bytes} bytes")
         return location, False, size
 
-    async def _stream(self, job_id: str, head: bytes, more: AsyncIterator[bytes], cap: int) -> tuple[str, int]:
-        writer = await self.io(self.locations.root.writer, f"payloads/{job_id}.json")
+    async def _stream(self, key: str, head: bytes, more: AsyncIterator[bytes], cap: int) -> tuple[str, int]:
+        writer = await self.io(self.locations.root.writer, key)
         try:
             await self.io(writer.write, head)
             async for chunk in more:

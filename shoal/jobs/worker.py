@@ -212,7 +212,7 @@ class Worker:
     def _read_payload(self, rec: JobRecord) -> Any:
         raw = self.p.locations.read(rec.input_location, self.p.settings.max_payload_bytes)
         try:
-            return parse_payload(raw)
+            return parse_payload(raw, rec.content_type)
         except ValueError as exc:
             raise Permanent(str(exc)) from None
 
