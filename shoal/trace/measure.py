@@ -13,6 +13,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 
 def rss_bytes() -> int:
@@ -20,8 +21,9 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(artifact: Path, seq_len: int, batch_sizes: list[int], threads: int, device: str = "cpu",
-            min_runs: int = 5, max_runs: int = 20, budget_s: float = 3.0) -> dict:
+def measure_artifact(artifact: Path, make_inputs: Callable[[int, Any], tuple], batch_sizes: list[int], threads: int,
+                     device: str = "cpu", min_runs: int = 5, max_runs: int = 20, budget_s: float = 3.0) -> dict:
+    """Load ``artifact`` and time forwards on ``make_inputs(batch_size, generator)``, whatever the model kind."""
     import torch
 
     torch.set_num_threads(threads)
@@ -36,20 +38,31 @@ def measure(artifact: Path, seq_len: int, batch_sizes: list[int], threads: int, 
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         for bs in batch_sizes:
-            ids = torch.randint(1000, 2000, (bs, seq_len), generator=generator).to(device)
-            mask = torch.ones(bs, seq_len, dtype=torch.int64, device=device)
-            for _ in range(2):
-                module(ids, mask)
+            inputs = tuple(t.to(device) for t in make_inputs(bs, generator))
+            for _ in range(2):  # the graph executor optimises on the first calls
+                module(*inputs)
             times: list[float] = []
             start = time.perf_counter()
             while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
                 t = time.perf_counter()
-                module(ids, mask)
+                module(*inputs)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 times.append((time.perf_counter() - t) * 1000)
             latency[bs] = round(statistics.median(times), 3)
     return {"resident_bytes": max(rss_bytes() - before, 0), "latency_ms_p50": latency, "load_ms": round(load_ms, 2)}
+
+
+def measure(artifact: Path, seq_len: int, batch_sizes: list[int], threads: int, device: str = "cpu",
+            min_runs: int = 5, max_runs: int = 20, budget_s: float = 3.0) -> dict:
+    """A text model: token ids [B, seq_len] with a full attention mask."""
+    import torch
+
+    def make_inputs(bs: int, generator: Any) -> tuple:
+        ids = torch.randint(1000, 2000, (bs, seq_len), generator=generator)
+        return ids, torch.ones(bs, seq_len, dtype=torch.int64)
+
+    return measure_artifact(artifact, make_inputs, batch_sizes, threads, device, min_runs, max_runs, budget_s)
 
 
 def main() -> None:
