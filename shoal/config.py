@@ -15,7 +15,24 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
-class Settings(BaseSettings):
+class ShoalSettingsBase(BaseSettings):
+    """Precedence shared by every settings object: init (CLI) > SHOAL_* env > the SHOAL_CONFIG YAML file."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOAL_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlFileSource(settings_cls))
+
+
+class Settings(ShoalSettingsBase):
     """Settings shared by the CLI, the server and the deploy renderers."""
 
     model_config = SettingsConfigDict(env_prefix="SHOAL_", extra="ignore")
@@ -51,16 +68,6 @@ class Settings(BaseSettings):
     token: str | None = Field(None, description="bearer token required by management routes")
     per_model_metrics_limit: int = Field(100, description="per-model metric labels only up to this many models")
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlFileSource(settings_cls))
 
 
 class _YamlFileSource(PydanticBaseSettingsSource):

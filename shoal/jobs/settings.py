@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from shoal.config import Settings, _YamlFileSource, parse_bytes
+from shoal.config import Settings, ShoalSettingsBase, parse_bytes
 from shoal.errors import UsageError
 
 
-class AsyncSettings(BaseSettings):
+class AsyncSettings(ShoalSettingsBase):
     """Queue, payload store, retries and webhooks of ``/async`` routes and their workers."""
 
     model_config = SettingsConfigDict(env_prefix="SHOAL_", extra="ignore")
@@ -45,16 +45,6 @@ class AsyncSettings(BaseSettings):
     async_drain_s: float = Field(25.0, description="on SIGTERM, how long running jobs may finish before they "
                                                    "go back to the queue")
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlFileSource(settings_cls))
 
     def queue_uri(self, base: Settings) -> str:
         return self.async_queue or f"sqlite:///{Path(base.state_dir) / 'jobs.sqlite'}"
