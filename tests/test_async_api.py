@@ -194,7 +194,18 @@ def test_cancel_ttl_and_a_separate_worker_that_drains(async_models: str, tmp_pat
             assert again.status_code == 200 and again.json()["state"] == "cancelled"
             assert c.get(f"/async/jobs/{gone['job_id']}").json()["state"] == "cancelled"
             assert c.get(f"/async/jobs/{keep[0]}").json()["state"] == "queued"
-            signals = wait_for(lambda: (m := _metrics(c)) and m["shoal_async_backlog"] == 17 and m, 10, 0.2,
+            # a delivery that wrote the outcome and removed the payload, then died before recording it
+            done_ok = c.post("/async/predictions/tiny-a", json={"text": "settled"}).json()
+            done_bad = c.post("/async/predictions/tiny-a", json={"text": "settled"}).json()
+            for job, path, body in ((done_ok, "output_location", {"job_id": done_ok["job_id"], "prediction": "x"}),
+                                    (done_bad, "failure_location", {"error": "boom before", "dead_letter": False})):
+                rec = c.get(f"/async/jobs/{job['job_id']}").json()
+                target = Path((rec.get(path) or rec["output_location"].replace("/results/", "/failures/"))
+                              .removeprefix("file://"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(json.dumps(body))
+                Path(rec["input_location"].removeprefix("file://")).unlink()
+            signals = wait_for(lambda: (m := _metrics(c)) and m["shoal_async_backlog"] == 19 and m, 10, 0.2,
                                "the backlog gauge")
             assert signals["shoal_async_has_backlog_without_capacity"] == 1, "jobs wait and no worker runs"
         time.sleep(0.4)
@@ -217,11 +228,16 @@ def test_cancel_ttl_and_a_separate_worker_that_drains(async_models: str, tmp_pat
                          0.2, "the second worker to finish the queue")
                 late = c.get(f"/async/jobs/{expiring['job_id']}").json()
                 assert late["state"] == "failed" and "expired" in late["error"]
+                ok = c.get(f"/async/jobs/{done_ok['job_id']}").json()
+                assert ok["state"] == "succeeded", "payload gone + result present: recorded, not run again"
+                assert json.loads(Path(ok["output_location"].removeprefix("file://")).read_text())["prediction"] == "x"
+                bad = c.get(f"/async/jobs/{done_bad['job_id']}").json()
+                assert bad["state"] == "failed" and bad["error"] == "boom before"
                 assert c.get(f"/async/jobs/{gone['job_id']}").json()["state"] == "cancelled"
         finally:
             again.send_signal(signal.SIGTERM)
             assert again.wait(60) == 0
-        assert len(result_files(tmp_path / "jobs")) == len(keep)
+        assert len(result_files(tmp_path / "jobs")) == len(keep) + 1
         with front.client() as c:
             assert c.delete(f"/async/jobs/{keep[0]}").status_code == 409, "a finished job cannot be cancelled"
     finally:

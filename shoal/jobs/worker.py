@@ -43,6 +43,14 @@ class Permanent(Exception):
     """This job can never succeed as submitted."""
 
 
+class Settled(Exception):
+    """A previous delivery wrote this job's outcome and deleted its payload, then died before recording it."""
+
+    def __init__(self, state: JobState, error: str | None = None, dead: bool = False) -> None:
+        super().__init__(state.value)
+        self.state, self.error, self.dead = state, error, dead
+
+
 @dataclass
 class WorkerParts:
     runtime: Runtime
@@ -74,8 +82,7 @@ class Worker:
         # local files: calls ride together in few trips; S3: every call its own trip, many at once
         batch, trips = (64, 2) if isinstance(parts.locations.root, LocalObjects) else (1, 16)
         self._reader = Grouped(parts.io, self._read_payload, batch, trips)
-        self._writer: Grouped[tuple[str, bytes]] = Grouped(parts.io, self._write, batch, trips)
-        self._deleter = Grouped(parts.io, parts.locations.delete, batch, trips)
+        self._writer: Grouped[tuple[str, bytes, str | None]] = Grouped(parts.io, self._write, batch, trips)
 
     def models(self) -> list[str] | None:
         reg = self.p.runtime.registry
@@ -96,7 +103,7 @@ class Worker:
         return task
 
     def _later(self, coro: Any) -> None:
-        """Work after a job's end (webhooks, payload deletes), waited for when draining."""
+        """Work after a job's end (webhooks), waited for when draining."""
         task = self._keep(asyncio.get_running_loop().create_task(coro))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -185,7 +192,13 @@ class Worker:
         try:
             body = await self._reader(rec)
             single, text = await execute(self.p.runtime, rec.model_id, body, rec.timeout_s)
-            await self._writer((rec.output_location, result_bytes(rec.id, rec.model_id, single, text)))
+            await self._writer((rec.output_location, result_bytes(rec.id, rec.model_id, single, text),
+                                rec.input_location if rec.inline else None))
+        except Settled as done:
+            if await self.p.queue.finish(d, done.state, done.error, dead_letter=done.dead):
+                self.p.metrics.finished.labels(done.state.value).inc()
+                await self._finished(d.record)
+            return
         except Permanent as exc:
             await self._fail(d, str(exc))
             return
@@ -210,15 +223,39 @@ class Worker:
             await self._finished(d.record)
 
     def _read_payload(self, rec: JobRecord) -> Any:
-        raw = self.p.locations.read(rec.input_location, self.p.settings.max_payload_bytes)
+        try:
+            raw = self.p.locations.read(rec.input_location, self.p.settings.max_payload_bytes)
+        except ShoalError:
+            settled = self._settled(rec) if rec.inline else None
+            if settled is not None:
+                raise settled from None
+            raise
         try:
             return parse_payload(raw, rec.content_type)
         except ValueError as exc:
             raise Permanent(str(exc)) from None
 
-    def _write(self, item: tuple[str, bytes]) -> None:
-        objects, key = self.p.locations.resolve(item[0])
-        objects.put(key, item[1])
+    def _write(self, item: tuple[str, bytes, str | None]) -> None:
+        """The outcome object, then the payload it makes useless (so a missing payload means: settled)."""
+        location, data, payload = item
+        objects, key = self.p.locations.resolve(location)
+        objects.put(key, data)
+        if payload is not None:
+            self.p.locations.delete(payload)
+
+    def _settled(self, rec: JobRecord) -> Settled | None:
+        """The outcome a previous delivery left, if any (its payload is gone, so it got that far)."""
+        loc = self.p.locations
+        try:
+            loc.size(rec.output_location)
+            return Settled(JobState.SUCCEEDED)
+        except ShoalError:
+            pass
+        try:
+            summary = json.loads(loc.read(rec.failure_location, 1 << 20))
+            return Settled(JobState.FAILED, str(summary.get("error")), bool(summary.get("dead_letter")))
+        except (ShoalError, ValueError, AttributeError):
+            return None
 
     async def _retry_or_fail(self, d: Delivery, error: str) -> None:
         rec = d.record
@@ -236,7 +273,8 @@ class Worker:
         summary = {"job_id": rec.id, "model_id": rec.model_id, "error": error, "attempts": rec.attempts,
                    "dead_letter": dead}
         try:
-            await self._writer((rec.failure_location, json.dumps(summary).encode()))
+            await self._writer((rec.failure_location, json.dumps(summary).encode(),
+                                rec.input_location if rec.inline else None))
         except Exception as exc:  # the record still says why; the failure object is a convenience
             log.warning("job %s: cannot write its failure object: %s", rec.id, _line(exc))
         if await self.p.queue.finish(d, JobState.FAILED, error, dead_letter=dead):
@@ -244,16 +282,8 @@ class Worker:
             await self._finished(d.record)
 
     async def _finished(self, rec: JobRecord) -> None:
-        if rec.inline:  # off the job's path: its slot is free as soon as the record says done
-            self._later(self._forget(rec))
         if rec.targets():
             self._notify(rec)
-
-    async def _forget(self, rec: JobRecord) -> None:
-        try:
-            await self._deleter(rec.input_location)
-        except Exception as exc:  # a leftover payload is only garbage: its job is finished
-            log.warning("job %s: cannot delete its payload: %s", rec.id, _line(exc))
 
     def _notify(self, rec: JobRecord) -> None:
         if rec.id in self._notifying:
@@ -289,7 +319,7 @@ class Worker:
                 await self.p.queue.retry(d, 0.0, d.record.error, count=False)
             except Exception as exc:
                 log.warning("job %s: cannot give it back (its lease will lapse): %s", d.record.id, _line(exc))
-        background = [t for t in self._background if not t.done()]  # webhooks, payload deletes
+        background = [t for t in self._background if not t.done()]  # webhooks
         if background:
             await asyncio.wait(background, timeout=max(1.0, deadline - time.monotonic()))
         for task in list(self._tasks):
