@@ -10,8 +10,8 @@ from starlette.requests import Request
 from shoal.server.errors import BadRequest, PayloadTooLarge
 
 
-async def read_json(request: Request, cap: int) -> Any:
-    """The parsed body; 413 past ``cap`` bytes (declared or streamed), 400 if it is not JSON."""
+async def read_bytes(request: Request, cap: int) -> bytes:
+    """The raw body; 413 past ``cap`` bytes, declared or streamed."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -27,7 +27,12 @@ async def read_json(request: Request, cap: int) -> Any:
         if total > cap:
             raise PayloadTooLarge(f"body exceeds the limit of {cap} bytes")
         chunks.append(chunk)
-    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_json(request: Request, cap: int) -> Any:
+    """The parsed body; 413 past ``cap`` bytes (declared or streamed), 400 if it is not JSON."""
+    raw = await read_bytes(request, cap)
     if not raw:
         raise BadRequest("request body is empty: send a JSON object, e.g. {\"text\": \"...\"}")
     try:

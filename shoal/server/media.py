@@ -15,8 +15,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from shoal.server.body import read_json
-from shoal.server.errors import BadRequest, PayloadTooLarge
+from shoal.server.body import read_bytes, read_json
+from shoal.server.errors import BadRequest
 
 FILE_FIELDS = ("image", "file")
 RAW_TYPES = ("application/octet-stream",)
@@ -55,26 +55,6 @@ async def read_body(request: Request, cap: int) -> Any:
     if kind == "multipart/form-data":
         return await _read_multipart(request, cap)
     return await read_json(request, cap)
-
-
-async def read_bytes(request: Request, cap: int) -> bytes:
-    """The raw body; 413 past ``cap`` bytes, declared or streamed."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise BadRequest("Content-Length is not a number") from None
-        if size > cap:
-            raise PayloadTooLarge(f"body of {size} bytes exceeds the limit of {cap} bytes")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > cap:
-            raise PayloadTooLarge(f"body exceeds the limit of {cap} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _read_multipart(request: Request, cap: int) -> MediaBody:
