@@ -248,15 +248,23 @@ class Registry:
         await asyncio.gather(*(one(e) for e in list(self.entries.values()) if e.manifest is None))
 
     # -- preload --
-    async def preload(self, count: int | None) -> None:
-        """Load the first ``count`` catalog models (None: all) while they fit without eviction."""
+    async def preload(self, count: int | None) -> list[str]:
+        """Load the first ``count`` catalog models (None: all) while they fit without eviction.
+
+        Returns the ids the store could not deliver just now (a transient outage), so the caller
+        can wait for the store and try them again before it calls the server ready.
+        """
         ids = list(self.entries)[: (len(self.entries) if count is None else count)]
+        deferred: list[str] = []
         for model_id in ids:
             e = self.entries[model_id]
+            if e.state in (State.READY, State.FAILED):
+                continue
             try:
                 manifest = e.manifest or await self.run_io(self.store.read_manifest, model_id)
             except StoreUnavailable:
-                continue  # transient: loaded on first request instead
+                deferred.append(model_id)
+                continue
             except Exception as exc:
                 e.state, e.reason = State.FAILED, _one_line(exc)
                 continue
@@ -265,8 +273,11 @@ class Registry:
                 break
             try:
                 await self.load(e)
+            except Unavailable:
+                deferred.append(model_id)  # the store went away mid-load: still unloaded, not failed
             except Exception:
                 continue
+        return deferred
 
     async def run_io(self, fn: Callable, *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.loader, fn, *args)

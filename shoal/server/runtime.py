@@ -88,11 +88,21 @@ class Runtime:
         """Wait for the store, then preload in the background; readiness flips when preloading is done."""
         text = self.settings.preload.strip().lower()
         count = None if text == "all" else 0 if text == "none" else int(text)
-        await self._wait_for_store()
+        delay = STORE_RETRY_FIRST_S
         try:
-            await self.registry.read_manifests()
-            if count != 0:
-                await self.registry.preload(count)
+            while True:
+                await self._wait_for_store()
+                await self.registry.read_manifests()
+                deferred = await self.registry.preload(count) if count != 0 else []
+                if not deferred:
+                    break
+                # The store answered the listing but not every download (an outage, or a store still
+                # starting): stay not ready rather than go ready with models that cannot load.
+                self.not_ready_reason = (f"waiting for the model store: {len(deferred)} model(s) to preload "
+                                         f"could not be fetched yet ({', '.join(deferred[:3])})")
+                log.warning("%s; next try in %.1f s", self.not_ready_reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
         finally:
             self.ready = True
 
