@@ -130,7 +130,8 @@ def test_slower_than_the_deadline_is_504_and_nothing_backs_up(slow_server: Serve
     r = httpx.post(f"{url}/predictions/slow", json={"text": "x"}, timeout=30)
     took = time.monotonic() - t0
     assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded", r.text
-    assert took < 0.6 + 0.4, took  # answered at the deadline, not when the forward ends
+    # Answered at the deadline (0.6 s), not when the 2.5 s forward ends; the margin is for a busy CI machine.
+    assert took < 0.6 + 0.9, took
     time.sleep(reliability_store.slow_s + 0.5)  # that forward runs to its end: now the server knows the model is slow
 
     async def flood() -> tuple[list[int], list[tuple[int, float]]]:
@@ -154,9 +155,9 @@ def test_slower_than_the_deadline_is_504_and_nothing_backs_up(slow_server: Serve
     print(f"slow model: 16 slow requests all 504; {len(fast_results)} fast requests meanwhile: "
           f"{ {c: fast_codes.count(c) for c in set(fast_codes)} }, worst {max(t for _, t in fast_results):.2f} s")
     assert set(fast_codes) == {200}, fast_results  # the slow model never held both executors
-    assert max(t for _, t in fast_results) < 0.6
+    assert max(t for _, t in fast_results) < reliability_store.slow_s / 2  # never waited behind a slow forward
     # Hopeless requests were answered without running: nothing is queued or running once the flood is over.
     assert metric(url, "shoal_queue_depth") == 0 and metric(url, "shoal_executors_busy") == 0
     t0 = time.monotonic()
     assert httpx.post(f"{url}/predictions/tiny-a", json={"text": "after"}, timeout=30).status_code == 200
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 1.0
