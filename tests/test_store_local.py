@@ -43,6 +43,27 @@ def test_fetch_detects_tampered_file(tmp_path: Path, store: LocalStore) -> None:
         store.fetch("m1")
 
 
+def test_digest_is_remembered_only_while_the_file_is_unchanged(tmp_path: Path, store: LocalStore) -> None:
+    """A reload skips the hash of an unchanged file; an in-place edit is caught even with its mtime put back."""
+    import os
+
+    from shoal.store import digests
+
+    src, manifest = _model_folder(tmp_path, "m1")
+    store.push(src, manifest)
+    store.fetch("m1")
+    before = dict(digests.stats)
+    store.fetch("m1")
+    assert digests.stats["remembered"] - before["remembered"] == 2 and digests.stats["hashed"] == before["hashed"]
+    target = store.root / "m1" / "model.pt"
+    st = target.stat()
+    with open(target, "r+b") as fh:  # same inode, same size, mtime restored: only ctime tells
+        fh.write(b"W")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(IntegrityError, match="sha256"):
+        store.fetch("m1")
+
+
 def test_failed_push_leaves_nothing(tmp_path: Path, store: LocalStore) -> None:
     src, manifest = _model_folder(tmp_path, "m1")
     (src / "model.pt").write_bytes(b"changed after the manifest was written")

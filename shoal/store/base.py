@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from shoal.errors import IntegrityError, StoreError, StoreUnavailable
 from shoal.ids import check_model_id
-from shoal.store.manifest import MANIFEST_NAME, Manifest, sha256_file
+from shoal.store.digests import file_sha256
+from shoal.store.manifest import MANIFEST_NAME, Manifest
 
 
 class ModelStore(ABC):
@@ -68,7 +69,7 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
         path = folder / name
         if not path.is_file():
             raise IntegrityError(f"{manifest.id}: file {name} is missing from {folder}")
-        if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+        if path.stat().st_size != entry.size or file_sha256(path) != entry.sha256:
             raise IntegrityError(f"{manifest.id}: file {name} does not match the sha256 in its manifest")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from shoal.errors import StoreError, StoreUnavailable
 from shoal.ids import check_model_id, is_valid_model_id
 from shoal.store.base import MANIFEST_NAME, ModelStore, check_listed, manifest_bytes, verify_files
+from shoal.store.digests import file_sha256
 from shoal.store.manifest import Manifest, sha256_file
 
 
@@ -120,7 +121,7 @@ class S3Store(ModelStore):
         folder.mkdir(parents=True, exist_ok=True)
         for name, entry in manifest.files.items():
             dst = folder / name
-            if dst.is_file() and dst.stat().st_size == entry.size and sha256_file(dst) == entry.sha256:
+            if dst.is_file() and dst.stat().st_size == entry.size and file_sha256(dst) == entry.sha256:
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
