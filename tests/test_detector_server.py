@@ -170,3 +170,38 @@ def test_trace_refuses_detector_specs_it_cannot_export(tmp_path: Path) -> None:
                    TraceOptions(build_dir=tmp_path / "build"))
     with pytest.raises(ValueError, match="go together"):
         ModelSpec(id="d", kind="detector", task="embedding", source=Source(config="yolov8n.yaml"))
+
+
+def test_async_image_jobs_keep_their_query_options(det_store: ModelStore, tmp_path: Path) -> None:
+    """`POST /async/predictions/{id}?conf=..` with image bytes runs with those options, as the synchronous route."""
+    import json
+    import time
+
+    from tests.jobs_support import env_for
+
+    env = env_for(tmp_path, f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    proc = ServerProcess(["--store", det_store.uri, "--models", "tiny-det", "--executors", "1", "--threads", "1"],
+                         env=env).start()
+    data = encode(scene(640, 360, seed=4))
+    png = {"Content-Type": "image/png"}
+    try:
+        with proc.client() as c:
+            sync = c.post("/predictions/tiny-det?conf=0.5&max_det=2&classes=0,2", content=data, headers=png).json()
+            job = c.post("/async/predictions/tiny-det?conf=0.5&max_det=2&classes=0,2", content=data, headers=png)
+            assert job.status_code == 202, job.text
+            bad = c.post("/async/predictions/tiny-det?conf=2", content=data, headers=png)
+            assert bad.status_code == 422 and "conf" in bad.text, bad.text
+            in_json = c.post("/async/predictions/tiny-det?conf=0.5", json={"image": base64.b64encode(data).decode()})
+            assert in_json.status_code == 400 and "as fields" in in_json.json()["error"], in_json.text
+            unknown = c.post("/async/predictions/tiny-det?confidence=0.5", content=data, headers=png)
+            assert unknown.status_code == 400 and "conf, iou" in unknown.json()["error"], unknown.text
+            deadline = time.monotonic() + 60
+            while (state := c.get(f"/async/jobs/{job.json()['job_id']}").json())["state"] in ("queued", "running"):
+                assert time.monotonic() < deadline, state
+                time.sleep(0.05)
+        assert state["state"] == "succeeded", state
+        result = json.loads(Path(state["output_location"].removeprefix("file://")).read_bytes())
+        assert result["prediction"] == sync["prediction"]
+        assert len(result["prediction"]["boxes"]) <= 2 and set(result["prediction"]["classes"]) <= {0, 2}
+    finally:
+        proc.stop()

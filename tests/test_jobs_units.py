@@ -137,6 +137,7 @@ def test_query_options_are_checked() -> None:
             parse_options(QueryParams(query), s)
     with pytest.raises(BadRequest, match="SHOAL_ASYNC_WEBHOOK_SECRET"):
         parse_options(QueryParams("notify=http://h/a"), AsyncSettings())
+    assert parse_options(QueryParams("conf=0.4&classes=0,2"), s).model_params == {"conf": "0.4", "classes": "0,2"}
 
 
 def test_settings_refuse_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,5 +200,6 @@ def test_payloads_decode_by_content_type() -> None:
     body = parse_payload(b"\xff\xd8raw", "image/jpeg")
     assert isinstance(body, MediaBody) and body.data == b"\xff\xd8raw" and body.content_type == "image/jpeg"
     assert isinstance(parse_payload(b"x", "application/octet-stream"), MediaBody)
+    assert parse_payload(b"x", "image/png", '{"conf": "0.4"}').params == {"conf": "0.4"}
     with pytest.raises(ValueError, match="not valid JSON"):
         parse_payload(b"\xff\xd8raw")

@@ -30,10 +30,11 @@ def is_binary(content_type: str) -> bool:
     return content_type.startswith("image/") or content_type in RAW_TYPES
 
 
-def parse_payload(raw: bytes, content_type: str = "application/json") -> Any:
-    """What the handler takes: parsed JSON, or a MediaBody of raw bytes; ValueError with the reason."""
+def parse_payload(raw: bytes, content_type: str = "application/json", media_params: str = "") -> Any:
+    """What the handler takes: parsed JSON, or a MediaBody of raw bytes (with its query options);
+    ValueError with the reason."""
     if is_binary(content_type):
-        return MediaBody(raw, content_type, {})
+        return MediaBody(raw, content_type, json.loads(media_params) if media_params else {})
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

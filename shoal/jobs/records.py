@@ -51,6 +51,7 @@ class JobRecord:
     inline: bool = True
     input_bytes: int = 0
     content_type: str = "application/json"  # or image/* / application/octet-stream: raw bytes for detectors
+    media_params: str = ""  # JSON object of query options that go with a raw image (conf, iou, ...)
     created_at: float = field(default_factory=time.time)
     expires_at: float = 0.0
     timeout_s: float = 900.0

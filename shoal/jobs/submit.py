@@ -26,6 +26,7 @@ from shoal.jobs.settings import AsyncSettings
 from shoal.jobs.execute import is_binary
 from shoal.server.errors import ApiError, BadRequest, PayloadTooLarge, Unprocessable
 from shoal.server.handlers.base import Handler
+from shoal.server.handlers.detector import Options as DetectorOptions
 from shoal.server.media import MediaBody
 
 MAX_TIMEOUT_S = 3600.0
@@ -37,12 +38,19 @@ class UnsupportedMedia(ApiError):
 REFERENCE_KEYS = {"input_location"}
 
 
+ASYNC_KEYS = ("ttl_s", "timeout_s", "on_success", "on_failure", "notify")
+# Per-request model options that ride in the query string with a raw image body, as on the
+# synchronous route (the detector's conf, iou, max_det, classes, agnostic).
+MODEL_KEYS = tuple(DetectorOptions.model_fields)
+
+
 @dataclass
 class Options:
     ttl_s: float
     timeout_s: float
     on_success: list[str] = field(default_factory=list)
     on_failure: list[str] = field(default_factory=list)
+    model_params: dict[str, str] = field(default_factory=dict)
 
 
 def parse_options(query: Any, s: AsyncSettings) -> Options:
@@ -71,17 +79,31 @@ def parse_options(query: Any, s: AsyncSettings) -> Options:
             raise Unprocessable(f"at most {MAX_TARGETS} webhook targets per event")
         return list(dict.fromkeys(out))
 
-    unknown = set(query.keys()) - {"ttl_s", "timeout_s", "on_success", "on_failure", "notify"}
+    unknown = set(query.keys()) - set(ASYNC_KEYS) - set(MODEL_KEYS)
     if unknown:
-        raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}: use ttl_s, timeout_s, on_success, "
-                         "on_failure or notify")
+        raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}: use {', '.join(ASYNC_KEYS)}, or with "
+                         f"an image body the detection options {', '.join(MODEL_KEYS)}")
     opts = Options(ttl_s=number("ttl_s", s.async_ttl_s, s.async_retention_s),
                    timeout_s=number("timeout_s", s.async_timeout_s, MAX_TIMEOUT_S),
-                   on_success=urls("on_success", "notify"), on_failure=urls("on_failure", "notify"))
+                   on_success=urls("on_success", "notify"), on_failure=urls("on_failure", "notify"),
+                   model_params={k: query[k] for k in MODEL_KEYS if k in query})
     if (opts.on_success or opts.on_failure) and not s.async_webhook_secret:
         raise BadRequest("this server signs webhooks with SHOAL_ASYNC_WEBHOOK_SECRET, which is not set: "
                          "notification targets are refused")
     return opts
+
+
+def _is_reference(head: bytes) -> bool:
+    try:
+        body = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(body, dict) and "input_location" in body
+
+
+def _options_need_an_image(params: dict[str, str]) -> BadRequest:
+    return BadRequest(f"query parameter {sorted(params)[0]!r} goes with an image body (or an image's "
+                      "input_location); in a JSON body send detection options as fields")
 
 
 class Intake:
@@ -111,15 +133,20 @@ class Intake:
         key = f"payloads/{job_id}.{'bin' if binary else 'json'}"
         head, more = await _read_head(chunks, min(self.s.validate_bytes, cap))
         inline, size = True, len(head)
+        params = opts.model_params
+        if params and not binary and (more is not None or not _is_reference(head)):
+            raise _options_need_an_image(params)
         if more is not None:
             location, size = await self._stream(key, head, more, cap)
-        elif binary:  # the whole body is in hand: check it
-            location = await self._small_binary(key, head, kind, handler)
+        elif binary:  # the whole body is in hand: check it, with its options
+            location = await self._small_binary(key, head, kind, handler, params)
         else:
             location, inline, size = await self._small(key, head, handler)
         if not inline:  # a reference: an image by its name (s3://b/cam/0001.jpg), else JSON
             guessed = mimetypes.guess_type(location)[0] or ""
             binary, kind = (True, guessed) if guessed.startswith("image/") else (False, kind)
+            if params and not binary:
+                raise _options_need_an_image(params)
         root, now = self.locations.root, time.time()
         return JobRecord(id=job_id, model_id=model_id, input_location=location,
                          output_location=root.location(f"results/{model_id}/{job_id}.json"),
@@ -127,13 +154,15 @@ class Intake:
                          inline=inline, input_bytes=size, content_type=kind if binary else "application/json",
                          created_at=now, expires_at=now + opts.ttl_s,
                          timeout_s=opts.timeout_s, max_attempts=self.s.async_max_attempts,
-                         notify_success=opts.on_success, notify_failure=opts.on_failure)
+                         notify_success=opts.on_success, notify_failure=opts.on_failure,
+                         media_params=json.dumps(params) if params and binary else "")
 
-    async def _small_binary(self, key: str, raw: bytes, kind: str, handler: Handler | None) -> str:
+    async def _small_binary(self, key: str, raw: bytes, kind: str, handler: Handler | None,
+                            params: dict[str, str]) -> str:
         if not raw:
             raise BadRequest(f"body is empty (0 bytes) for Content-Type {kind}")
         if handler is not None:
-            handler.parse(MediaBody(raw, kind, {}))  # a text model refuses images here, with its 422
+            handler.parse(MediaBody(raw, kind, params))  # a text model refuses images here, with its 422
         location: str = await self.io(self.locations.root.put, key, raw)
         return location
 

@@ -231,7 +231,7 @@ class Worker:
                 raise settled from None
             raise
         try:
-            return parse_payload(raw, rec.content_type)
+            return parse_payload(raw, rec.content_type, rec.media_params)
         except ValueError as exc:
             raise Permanent(str(exc)) from None
 
