@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from shoal.jobs.records import is_job_id
 from shoal.jobs.service import AsyncService
-from shoal.jobs.submit import parse_options
+from shoal.jobs.submit import MODEL_KEYS, parse_options
 from shoal.server.errors import NotFound, Unavailable
 from shoal.server.routes.common import json_response
 
@@ -31,6 +31,9 @@ _SUBMIT_DOC = {
             "type": "string"}}, "description": "webhook URL told when the job fails (repeatable)"},
         {"name": "notify", "in": "query", "required": False, "schema": {"type": "array", "items": {
             "type": "string"}}, "description": "webhook URL told either way (repeatable)"},
+        *({"name": k, "in": "query", "required": False, "schema": {"type": "string"},
+           "description": f"detection option {k!r}, with an image body (as on POST /predictions)"}
+          for k in MODEL_KEYS),
     ],
     "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
         {"type": "object", "description": "the payload, as POST /predictions/{model_id} takes it"},
