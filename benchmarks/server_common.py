@@ -48,6 +48,11 @@ class Server:
         while httpx.get(self.url + "/v2/health/ready", timeout=30).status_code != 200:
             time.sleep(0.1)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used so far (from /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):

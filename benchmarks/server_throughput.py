@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -65,8 +66,12 @@ def main() -> None:
         server = Server(["--store", args.store, "--models", ",".join(ids), "--executors", executors, "--threads",
                          threads, *args.serve_args.split()])
         try:
+            wall, client_cpu, server_cpu = time.perf_counter(), time.process_time(), server.cpu_seconds()
             res = asyncio.run(closed_loop(server.url, ids, args.clients, args.seconds, args.warmup))
-            row = {"layout": layout, "clients": args.clients, **res.summary(), "limit": limit,
+            wall = time.perf_counter() - wall
+            cores = {"client_cpu_cores": round((time.process_time() - client_cpu) / wall, 2),  # the load generator's
+                     "server_cpu_cores": round((server.cpu_seconds() - server_cpu) / wall, 2)}  # share of the 2 cores
+            row = {"layout": layout, "clients": args.clients, **res.summary(), **cores, "limit": limit,
                    "fraction_of_limit": round(res.throughput / limit, 3),
                    "rss_mb": round(server.rss_bytes() / 2**20), "weights_mb": round(weights / 2**20),
                    "above_weights_mb": round((server.rss_bytes() - weights) / 2**20)}
