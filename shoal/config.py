@@ -63,6 +63,9 @@ class Settings(ShoalSettingsBase):
                                                    "overtakes other models' requests by at most this fraction "
                                                    "of the average queue time (inf: batch greedily)")
     max_queue_total: int = 4096
+    prefetch_batches: int = Field(1, ge=0, le=16, description="batches handed to the executor threads beyond one "
+                                                              "each, so a thread that finishes starts the next "
+                                                              "batch without waiting for the event loop")
     request_timeout_s: float = 30.0
     max_body_bytes: int = 8 * 1024 * 1024
     token: str | None = Field(None, description="bearer token required by management routes")

@@ -52,11 +52,13 @@ class Recorder(Handler):
         return [f"{self.manifest.id}:{x}" for x in outputs]
 
 
-def setup(fairness: float, max_queue: int = 64) -> tuple[Scheduler, dict[str, ModelBatcher], list, threading.Event]:
+def setup(fairness: float, max_queue: int = 64,
+          prefetch: int = 0) -> tuple[Scheduler, dict[str, ModelBatcher], list, threading.Event]:
+    """One executor thread; no prefetch unless asked, so the order tests see one hand-over at a time."""
     log: list[tuple[str, list[Any]]] = []
     gate = threading.Event()
     metrics = Metrics(3, 10)
-    scheduler = Scheduler(DeviceExecutor(Device("cpu"), 1, 1), 1000, fairness)
+    scheduler = Scheduler(DeviceExecutor(Device("cpu"), 1, 1), 1000, fairness, prefetch)
     batchers = {n: ModelBatcher(n, Recorder(n, log, gate), 8, 0.0, max_queue, metrics.model(n)) for n in "abc"}
     return scheduler, batchers, log, gate
 
@@ -91,6 +93,21 @@ def test_single_busy_model_fills_batches() -> None:
         return [len(batch) for _, batch in log]
 
     assert asyncio.run(run()) == [1, 8, 8]
+
+
+def test_prefetch_hands_the_next_batch_over_before_the_thread_is_free() -> None:
+    """With prefetch 1 a second batch waits in the executor's queue (formed from what was queued then)."""
+    async def run() -> tuple[list, int, int]:
+        scheduler, b, log, gate = setup(0.0, prefetch=1)
+        pending = [scheduler.submit(b["a"], [i], True, False, 10) for i in range(5)]
+        handed, running = scheduler.free, scheduler.running
+        gate.set()
+        await asyncio.gather(*(p.future for p in pending))
+        return [len(batch) for _, batch in log], handed, running
+
+    sizes, free, running = asyncio.run(run())
+    assert (free, running) == (0, 1)  # two batches handed over, one thread busy (the gauge never says 2)
+    assert sizes == [1, 1, 3]
 
 
 def test_deadline_and_bounds() -> None:

@@ -27,6 +27,8 @@ def serve(
     max_delay_ms: Annotated[Optional[float], typer.Option(help="override every manifest's batching delay")] = None,
     batch_fairness: Annotated[Optional[float], typer.Option(help="how far (x average queue time) a batch-mate "
                                                                  "may overtake other models' requests")] = None,
+    prefetch_batches: Annotated[Optional[int], typer.Option(help="batches queued to the executor threads beyond "
+                                                                   "one each (0: hand over one at a time)")] = None,
     request_timeout: Annotated[Optional[float], typer.Option("--request-timeout", help="seconds before 504")] = None,
     token: Annotated[Optional[str], typer.Option(help="bearer token for /models routes (prefer SHOAL_TOKEN: "
                                                       "flags show in ps)")] = None,
@@ -65,7 +67,7 @@ def serve(
     settings = load_settings(store=store, device=device, host=host, port=port, executors=executors,
                              threads=threads, memory_budget=memory_budget, preload=preload,
                              max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, batch_fairness=batch_fairness,
-                             request_timeout_s=request_timeout, token=token)
+                             prefetch_batches=prefetch_batches, request_timeout_s=request_timeout, token=token)
     _check(settings)
     from shoal.server.serve import run
 

@@ -52,7 +52,8 @@ class Runtime:
         executors, threads = executor_layout(device, settings.executors, settings.threads)
         self.executor = DeviceExecutor(device, executors, threads)
         self.loader = loader_pool(settings.load_workers)
-        self.scheduler = Scheduler(self.executor, settings.max_queue_total, settings.batch_fairness)
+        self.scheduler = Scheduler(self.executor, settings.max_queue_total, settings.batch_fairness,
+                                   settings.prefetch_batches)
         ids = catalog if catalog is not None else _list_or_later(self.store)
         self.metrics = Metrics(len(ids), settings.per_model_metrics_limit)
         batching = BatchDefaults(settings.max_batch_size, settings.max_delay_ms, settings.max_queue_per_model)
