@@ -21,6 +21,19 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def uncontended_p50(times_ms: list[float], window: int = 5) -> float:
+    """The lowest median of consecutive ``window``-run windows: the P50 of the quietest stretch.
+
+    Profiles are taken on machines that may be busy (CI, a shared build host): one burst of
+    contention used to inflate a median ~80x and flip the precision choice. Taking the best
+    window keeps the model's own latency and drops what a neighbour added; with fewer runs than
+    two windows it is the plain median.
+    """
+    if len(times_ms) < 2 * window:
+        return statistics.median(times_ms)
+    return min(statistics.median(times_ms[i:i + window]) for i in range(0, len(times_ms) - window + 1, window))
+
+
 def measure_artifact(artifact: Path, make_inputs: Callable[[int, Any], tuple], batch_sizes: list[int], threads: int,
                      device: str = "cpu", min_runs: int = 5, max_runs: int = 20, budget_s: float = 3.0) -> dict:
     """Load ``artifact`` and time forwards on ``make_inputs(batch_size, generator)``, whatever the model kind."""
@@ -49,7 +62,7 @@ def measure_artifact(artifact: Path, make_inputs: Callable[[int, Any], tuple], b
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 times.append((time.perf_counter() - t) * 1000)
-            latency[bs] = round(statistics.median(times), 3)
+            latency[bs] = round(uncontended_p50(times), 3)
     return {"resident_bytes": max(rss_bytes() - before, 0), "latency_ms_p50": latency, "load_ms": round(load_ms, 2)}
 
 
