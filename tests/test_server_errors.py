@@ -94,7 +94,7 @@ def test_503_failed_model_with_reason_while_others_serve(strict: ServerProcess) 
         assert "failed to load" in reason and "sha256" in reason
         assert c.post("/predictions/tiny-cls", json={"text": "x"}).status_code == 200
         ready = c.get("/v2/models/broken/ready")
-        assert ready.status_code == 503 and "sha256" in ready.json()["reason"]
+        assert ready.status_code == 400 and "sha256" in ready.json()["reason"]
         retry = c.post("/models/broken/load", headers={"Authorization": f"Bearer {TOKEN}"})
         assert "sha256" in error_of(retry, 503)
 

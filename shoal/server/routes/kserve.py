@@ -36,12 +36,15 @@ async def model_metadata(model_id: str, request: Request) -> Response:
     return json_response(meta)
 
 
-@router.get("/models/{model_id}/ready", summary="Model readiness: 200 when resident")
+@router.get("/models/{model_id}/ready", summary="Model readiness: 200 when resident, 400 when not (as Triton), "
+            "404 when unknown")
 async def model_ready(model_id: str, request: Request) -> Response:
+    """The protocol answers 200 or a 4xx; Triton's 400 for a known model that is not resident (unloaded,
+    loading or failed), with its state and reason in the body. A prediction to it still loads it."""
     e = await runtime_of(request).registry.entry(model_id)
     ready = e.state is State.READY
     body = {"name": e.id, "ready": ready, "state": e.state.value, **({"reason": e.reason} if e.reason else {})}
-    return json_response(body, status=200 if ready else 503)
+    return json_response(body, status=200 if ready else 400)
 
 
 async def infer(model_id: str, request: Request) -> Response:
