@@ -59,7 +59,8 @@ def strategies(schema: schemathesis.BaseSchema) -> list[tuple[str, st.SearchStra
                 options += [op.as_strategy(generation_mode=mode, path_parameters={"model_id": m}) for m in SERVED]
             out.append((f"{op.method.upper()} {op.path} [{mode.value}]", st.one_of(options)))
             if op.method.upper() == "POST" and op.path == "/predictions/{model_id}":
-                # /invocations declares no body schema (any media type): send it the native route's bodies
+                # /invocations' own operation gets random target headers: also send it the native route's
+                # bodies with a served model named in the header
                 out.append((f"POST /invocations [{mode.value}, native bodies]", st.one_of(options[1:])))
     return out
 

@@ -140,6 +140,9 @@ def test_models_listing_docs_and_metrics(server: ServerProcess) -> None:
         assert c.get("/docs").status_code == 200
         spec = c.get("/openapi.json").json()
         assert "/predictions/{model_id}" in spec["paths"] and "/v2/models/{model_id}/infer" in spec["paths"]
+        invocations = spec["paths"]["/invocations"]["post"]
+        assert {x["name"] for x in invocations["parameters"]} >= {"X-Amzn-SageMaker-Target-Model"}
+        assert "image/jpeg" in invocations["requestBody"]["content"]
         text = c.get("/metrics").text
     for name in ("shoal_inference_requests_total", "shoal_inference_queue_duration_seconds_bucket",
                  "shoal_inference_compute_duration_seconds_bucket", "shoal_request_duration_seconds_bucket",

@@ -15,8 +15,8 @@ from shoal.server.schemas import (PredictionResponse, QABatchRequest, QARequest,
                                   body_schema)
 
 router = APIRouter(tags=["predictions"])
-_BODY = body_schema(TextRequest, TextBatchRequest, QARequest, QABatchRequest, ImageRequest, ImageBatchRequest)
-_BODY["requestBody"]["content"].update(MEDIA_CONTENT)  # detectors also take image bytes and multipart
+PREDICTION_BODY = body_schema(TextRequest, TextBatchRequest, QARequest, QABatchRequest, ImageRequest, ImageBatchRequest)
+PREDICTION_BODY["requestBody"]["content"].update(MEDIA_CONTENT)  # detectors also take image bytes and multipart
 
 
 async def predict(model_id: str, request: Request) -> Response:
@@ -29,7 +29,7 @@ async def predict(model_id: str, request: Request) -> Response:
 
 hot_path(router, "/predictions/{model_id}", ["POST"], predict, "model_id")
 router.post("/predictions/{model_id}", summary="Predict with one model", response_model=PredictionResponse,
-            openapi_extra=_BODY)(predict)
+            openapi_extra=PREDICTION_BODY)(predict)
 
 
 @router.get("/predictions/{model_id}", summary="Predict from query parameters (seq_0, seq_1)",

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from shoal.server.media import read_body
 from shoal.server.errors import BadRequest
 from shoal.server.routes.common import hot_path, prediction_response, runtime_of, timeout_of
+from shoal.server.routes.predictions import PREDICTION_BODY
 from shoal.server.schemas import PredictionResponse
 
 router = APIRouter(tags=["sagemaker"])
@@ -30,5 +31,11 @@ async def invocations(request: Request) -> Response:
 
 
 hot_path(router, "/invocations", ["POST"], invocations)
+_DOC = {**PREDICTION_BODY, "parameters": [
+    {"name": "X-Amzn-SageMaker-Target-Model", "in": "header", "required": True, "schema": {"type": "string"},
+     "description": "the model to invoke (a trailing .tar.gz, as SageMaker sends it, is ignored)"},
+    {"name": "X-Request-Timeout-Ms", "in": "header", "required": False, "schema": {"type": "number"},
+     "description": "a deadline shorter than the server's, in milliseconds"},
+]}
 router.post("/invocations", summary="Predict with the model named by X-Amzn-SageMaker-Target-Model",
-            response_model=PredictionResponse)(invocations)
+            response_model=PredictionResponse, openapi_extra=_DOC)(invocations)
