@@ -6,13 +6,10 @@ not polluted by the exporting process's memory; inputs are [B, 3, S, S] images.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from shoal.trace.measure import measure_artifact
+from shoal.trace.measure import measure_artifact, run_cli
 
 
 def measure(artifact: Path, size: int, batch_sizes: list[int], threads: int, device: str = "cpu",
@@ -27,16 +24,7 @@ def measure(artifact: Path, size: int, batch_sizes: list[int], threads: int, dev
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("artifact", type=Path)
-    parser.add_argument("--image-size", type=int, required=True)
-    parser.add_argument("--batch-sizes", required=True)
-    parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    result = measure(args.artifact, args.image_size, [int(b) for b in args.batch_sizes.split(",")], args.threads,
-                     args.device)
-    json.dump(result, sys.stdout)
+    run_cli(measure, "--image-size", __doc__)
 
 
 if __name__ == "__main__":

@@ -78,17 +78,23 @@ def measure(artifact: Path, seq_len: int, batch_sizes: list[int], threads: int, 
     return measure_artifact(artifact, make_inputs, batch_sizes, threads, device, min_runs, max_runs, budget_s)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def run_cli(measure_fn: Callable[..., dict], shape_flag: str, doc: str | None) -> None:
+    """The subprocess entry of a measuring module: ARTIFACT, its one shape flag, batch sizes, threads."""
+    parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("artifact", type=Path)
-    parser.add_argument("--seq-len", type=int, required=True)
+    parser.add_argument(shape_flag, type=int, required=True, dest="shape",
+                        metavar=shape_flag.strip("-").replace("-", "_").upper())
     parser.add_argument("--batch-sizes", required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    result = measure(args.artifact, args.seq_len, [int(b) for b in args.batch_sizes.split(",")], args.threads,
-                     args.device)
+    result = measure_fn(args.artifact, args.shape, [int(b) for b in args.batch_sizes.split(",")], args.threads,
+                        args.device)
     json.dump(result, sys.stdout)
+
+
+def main() -> None:
+    run_cli(measure, "--seq-len", __doc__)
 
 
 if __name__ == "__main__":
