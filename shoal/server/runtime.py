@@ -86,46 +86,39 @@ class Runtime:
         )
 
     async def start(self) -> None:
-        """Wait for the store, then preload in the background; readiness flips when preloading is done."""
+        """Wait for the store, then preload; readiness flips when preloading is done.
+
+        Not ready while the store cannot be reached or cannot deliver a model to preload: retry
+        with exponential backoff (0.5 s to 15 s), forever. A server started before its store (or
+        during an outage, or while the store lists but cannot serve downloads yet) recovers by
+        itself instead of crash-looping, marking models failed, or going ready with nothing loaded.
+        """
         text = self.settings.preload.strip().lower()
         count = None if text == "all" else 0 if text == "none" else int(text)
         delay = STORE_RETRY_FIRST_S
         try:
-            while True:
-                await self._wait_for_store()
-                await self.registry.read_manifests()
-                deferred = await self.registry.preload(count) if count != 0 else []
-                if not deferred:
-                    break
-                # The store answered the listing but not every download (an outage, or a store still
-                # starting): stay not ready rather than go ready with models that cannot load.
-                self.not_ready_reason = (f"waiting for the model store: {len(deferred)} model(s) to preload "
-                                         f"could not be fetched yet ({', '.join(deferred[:3])})")
+            while (reason := await self._start_once(count)) is not None:
+                self.not_ready_reason = f"waiting for the model store: {reason}"
                 log.warning("%s; next try in %.1f s", self.not_ready_reason, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX_S)
         finally:
             self.ready = True
 
-    async def _wait_for_store(self) -> None:
-        """Not ready while the store cannot be reached: retry with exponential backoff (0.5 s to 15 s), forever.
-
-        A server started before its store (or during an outage) recovers by itself instead of
-        crash-looping or marking every model failed.
-        """
-        delay = STORE_RETRY_FIRST_S
-        while True:
-            try:
-                await self.registry.run_io(self.store.check)
-                if self.registry.open_catalog:
-                    for model_id in await self.registry.run_io(self.store.list_ids):  # type: ignore[union-attr]
-                        self.registry.entries.setdefault(model_id, ModelEntry(model_id))
-                return
-            except StoreUnavailable as exc:
-                self.not_ready_reason = f"waiting for the model store: {str(exc).splitlines()[0]}"
-                log.warning("%s; next try in %.1f s", self.not_ready_reason, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, STORE_RETRY_MAX_S)
+    async def _start_once(self, count: int | None) -> str | None:
+        """Reach the store, list and read the catalog, preload: None when done, else why not yet."""
+        try:
+            await self.registry.run_io(self.store.check)
+            if self.registry.open_catalog:
+                for model_id in await self.registry.run_io(self.store.list_ids):  # type: ignore[union-attr]
+                    self.registry.entries.setdefault(model_id, ModelEntry(model_id))
+        except StoreUnavailable as exc:
+            return str(exc).splitlines()[0]
+        await self.registry.read_manifests()
+        deferred = await self.registry.preload(count) if count != 0 else []
+        if deferred:
+            return f"{len(deferred)} model(s) to preload could not be fetched yet ({', '.join(deferred[:3])})"
+        return None
 
     def shutdown(self) -> None:
         self.executor.shutdown()
