@@ -106,7 +106,8 @@ def _build_models(root: Path) -> str:
     make_tiny_model(store, "tiny-a", task="classification", build_dir=root / "build")
     clone_model(root / "store", "tiny-a", "tiny-b")
     clone_model(root / "store", "tiny-a", "broken")
-    with open(root / "store" / "broken" / "model.pt", "r+b") as fh:
+    weights = store.read_manifest("tiny-a").weights or "model.pt"
+    with open(root / "store" / "broken" / weights, "r+b") as fh:
         fh.seek(100)
         fh.write(b"corrupted")
     return store.uri

@@ -97,7 +97,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     shutil.copytree(src, dst)
     manifest = store.read_manifest("tiny-cls").model_copy(update={"id": "broken"})
     (dst / "shoal.json").write_text(manifest.model_dump_json(indent=2))
-    with open(dst / "model.pt", "r+b") as fh:
+    with open(dst / (manifest.weights or manifest.artifact), "r+b") as fh:
         fh.seek(100)
         fh.write(b"corrupted")
     return store

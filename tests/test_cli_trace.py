@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.graphs import load_text_model
 from shoal.store.local import LocalStore
 from shoal.trace.tiny import make_tiny_model
 
@@ -95,7 +96,7 @@ def test_synth_creates_unique_models_with_the_base_profile(store: LocalStore, bu
     ids = synth_models(store, "base", 4, seed=10, build_dir=build_dir)
     assert ids == ["base-0010", "base-0011", "base-0012", "base-0013"]
     manifests = [store.read_manifest(i) for i in ids]
-    digests = {m.files["model.pt"].sha256 for m in manifests} | {base.files["model.pt"].sha256}
+    digests = {m.files[m.weights].sha256 for m in manifests if m.weights} | {base.files[base.weights].sha256}
     assert len(digests) == 5
     assert all(m.profile == base.profile and m.base == "base" for m in manifests)
     assert all(m.files["tokenizer.json"] == base.files["tokenizer.json"] for m in manifests)
@@ -103,5 +104,5 @@ def test_synth_creates_unique_models_with_the_base_profile(store: LocalStore, bu
 
     ids_in = torch.tensor([[101, 2000, 3000, 102]])
     mask = torch.ones_like(ids_in)
-    outs = [torch.jit.load(str(store.fetch(i) / "model.pt"))(ids_in, mask) for i in ("base", *ids)]
+    outs = [load_text_model(store.fetch(i), store.read_manifest(i))(ids_in, mask) for i in ("base", *ids)]
     assert all(not torch.equal(outs[0], o) for o in outs[1:])

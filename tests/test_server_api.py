@@ -12,6 +12,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from shoal.graphs import load_text_model
 from shoal.samples import qa_pairs, sentences
 from shoal.store.base import ModelStore
 from tests.server_fixtures import ServerProcess, server, store_uri, tiny_store  # noqa: F401
@@ -22,7 +23,7 @@ TEXT_MODELS = ["tiny-cls", "tiny-cls2", "tiny-emb"]
 @functools.lru_cache(maxsize=None)
 def _load(store: ModelStore, model_id: str) -> tuple[Tokenizer, torch.jit.ScriptModule]:
     folder = store.fetch(model_id)
-    return Tokenizer.from_file(str(folder / "tokenizer.json")), torch.jit.load(str(folder / "model.pt"))
+    return Tokenizer.from_file(str(folder / "tokenizer.json")), load_text_model(folder, store.read_manifest(model_id))
 
 
 def in_process(store: ModelStore, model_id: str, text: str) -> np.ndarray:

@@ -52,7 +52,8 @@ def test_payload_is_live_when_unpickled_by_python(tmp_path: Path) -> None:
 def test_crafted_artifacts_are_refused_and_never_run(kind: str, reliability_store: ReliabilityStore,
                                                      tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    real = (store_folder(reliability_store.store) / "tiny-a" / "model.pt").read_bytes()
+    artifact = reliability_store.store.read_manifest("tiny-a").artifact
+    real = (store_folder(reliability_store.store) / "tiny-a" / artifact).read_bytes()
     data = {"plain-pickle": plain_pickle, "torch-save": torch_save_archive,
             "poisoned-torchscript": lambda m: poisoned_torchscript(real, m)}[kind](marker)
     path = tmp_path / "model.pt"

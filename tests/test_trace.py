@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from shoal.graphs import load_text_model
 from shoal.samples import sentences
 from shoal.store.local import LocalStore
 from shoal.trace import precision
@@ -30,7 +31,7 @@ def _encode(tokenizer_path: Path, texts: list[str]) -> tuple[torch.Tensor, torch
 def test_tiny_artifact_equals_eager_on_fresh_inputs(task: str, store: LocalStore, build_dir: Path) -> None:
     manifest = make_tiny_model(store, "tiny", task=task, seed=3, build_dir=build_dir)
     folder = store.fetch("tiny")
-    traced = torch.jit.load(str(folder / manifest.artifact))
+    traced = load_text_model(folder, manifest)
     spec = tiny_spec("tiny", task, seed=3)
     eager = wrap(task, load_eager_model(spec), sep_token_id=102)
     # Different batch size and lengths from the trace example: the graph must not be shape-specialised.
@@ -38,7 +39,8 @@ def test_tiny_artifact_equals_eager_on_fresh_inputs(task: str, store: LocalStore
     with torch.inference_mode():
         assert precision.max_abs_diff(traced(ids, mask), eager(ids, mask)) < 1e-4
     assert manifest.profile and set(manifest.profile.latency_ms_p50) == {1, 4}
-    assert manifest.profile.param_bytes > 0 and manifest.files["model.pt"].size == manifest.profile.artifact_bytes
+    assert manifest.weights and manifest.profile.param_bytes > 0
+    assert manifest.files[manifest.artifact].size + manifest.weight_bytes == manifest.profile.artifact_bytes
 
 
 def test_tokenizer_file_truncates_to_seq_len_and_pads_to_longest(store: LocalStore, build_dir: Path) -> None:
@@ -89,7 +91,7 @@ def test_real_minilm_matches_sentence_transformers_pooling(minilm_store: tuple[L
     assert manifest.profile and manifest.profile.resident_bytes > 50 * 2**20
     assert 80 * 2**20 < manifest.profile.param_bytes < 100 * 2**20  # 22.7 M parameters in fp32
     folder = store.fetch("minilm-cls")
-    traced = torch.jit.load(str(folder / "model.pt"))
+    traced = load_text_model(folder, manifest)
     from shoal.spec import load_spec
 
     spec = load_spec(Path(__file__).parent.parent / "models" / "minilm-cls.yaml")

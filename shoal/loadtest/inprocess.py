@@ -5,8 +5,9 @@ JSON, queueing, batching delay). It runs as its own process
 (``python -m shoal.loadtest.inprocess``) so torch's threads and memory do not mix
 with the sweep's load generator.
 
-Artifact contract: ``model.pt`` is frozen TorchScript with
-``forward(input_ids int64 [B,L], attention_mask int64 [B,L])``; ``tokenizer.json``
+Artifact contract: the folder's ``shoal.json`` names a shared graph + weights file or a
+frozen TorchScript ``model.pt``, either taking
+``(input_ids int64 [B,L], attention_mask int64 [B,L])``; ``tokenizer.json``
 is a ``tokenizers`` file; the manifest's seq_len caps the length and each batch is
 padded to its longest sequence, as the server does.
 """
@@ -31,7 +32,14 @@ def bench(model_dir: Path, seq_len: int, batch_sizes: list[int], seconds: float,
 
     if threads:
         torch.set_num_threads(threads)
-    module = torch.jit.load(str(model_dir / artifact), map_location="cpu")
+    manifest_path = model_dir / "shoal.json"
+    if manifest_path.is_file():  # a store folder: whichever artifact form it holds (shared graph or frozen)
+        from shoal.graphs import load_text_model
+        from shoal.store.manifest import Manifest
+
+        module = load_text_model(model_dir, Manifest.model_validate_json(manifest_path.read_text()))
+    else:
+        module = torch.jit.load(str(model_dir / artifact), map_location="cpu")
     tok = Tokenizer.from_file(str(model_dir / tokenizer_file))
     tok.enable_truncation(max_length=seq_len)
     tok.enable_padding()  # pad to the longest in the batch

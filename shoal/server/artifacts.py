@@ -38,13 +38,13 @@ def check_torchscript(path: Path) -> None:
                               "refused (export it with torch.jit.trace/script and torch.jit.save)")
 
 
-def load_torchscript(path: Path, map_location: str) -> Any:
-    """The TorchScript module in ``path`` (checked first), in eval mode."""
+def load_torchscript(path: Path, map_location: str, extra_files: dict[str, Any] | None = None) -> Any:
+    """The TorchScript module in ``path`` (checked first), in eval mode; ``extra_files`` is filled in."""
     import torch
 
     check_torchscript(path)
     try:
-        module = torch.jit.load(str(path), map_location=map_location)
+        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra_files or {})
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise ArtifactRefused(f"{path.name} is not a loadable TorchScript archive: "

@@ -22,6 +22,10 @@ def serve(
                                                         "executors, so 1 by default on CPU)")] = None,
     memory_budget: Annotated[Optional[str], typer.Option(help="resident model bytes before LRU eviction, e.g. "
                                                               "4GiB")] = None,
+    disk_budget: Annotated[Optional[str], typer.Option(help="bytes the local disk cache may hold of its own "
+                                                            "(S3 downloads), e.g. 50GiB (default: unbounded)")] = None,
+    max_load_wait: Annotated[Optional[float], typer.Option("--max-load-wait", help="seconds a request may wait "
+                                                           "for a swap-in before 503 + Retry-After")] = None,
     preload: Annotated[Optional[str], typer.Option(help="all | none | N models loaded at start")] = None,
     max_batch_size: Annotated[Optional[int], typer.Option(help="override every manifest's max batch")] = None,
     max_delay_ms: Annotated[Optional[float], typer.Option(help="override every manifest's batching delay")] = None,
@@ -66,6 +70,7 @@ def serve(
         catalog = list(dict.fromkeys(catalog))
     settings = load_settings(store=store, device=device, host=host, port=port, executors=executors,
                              threads=threads, memory_budget=memory_budget, preload=preload,
+                             disk_budget=disk_budget, max_load_wait_s=max_load_wait,
                              max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, batch_fairness=batch_fairness,
                              prefetch_batches=prefetch_batches, request_timeout_s=request_timeout, token=token)
     _check(settings)
@@ -81,6 +86,8 @@ def _check(settings: "object") -> None:
 
     assert isinstance(settings, Settings)
     parse_bytes(settings.memory_budget)
+    if settings.disk_budget:
+        parse_bytes(settings.disk_budget)
     text = settings.preload.strip().lower()
     if text not in ("all", "none") and not (text.isdigit()):
         raise UsageError(f"--preload {settings.preload!r}: use all, none or a number of models")

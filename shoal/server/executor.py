@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -86,10 +87,24 @@ class DeviceExecutor:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+LOADER_NICE = 10  # a niced thread gets ~1/10 of a core an un-niced forward competes for
+
+
 def loader_pool(workers: int) -> ThreadPoolExecutor:
-    """Threads that fetch, verify and load artifacts, so a load never blocks the event loop or a forward."""
-    return ThreadPoolExecutor(max(1, workers), thread_name_prefix="shoal-load",
-                              initializer=_set_torch_threads, initargs=(1,))
+    """Threads that fetch, verify and load artifacts, so a load never blocks the event loop or a forward.
+
+    ``workers`` load slots (the registry's LoadQueue) plus two threads for store look-ups, so a
+    manifest read never waits behind swap-ins. They run niced: loads never starve inference.
+    """
+    return ThreadPoolExecutor(max(1, workers) + 2, thread_name_prefix="shoal-load", initializer=_loader_thread)
+
+
+def _loader_thread() -> None:
+    _set_torch_threads(1)
+    try:  # Linux: a thread is a task with its own nice value
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICE)
+    except (AttributeError, OSError):
+        pass
 
 
 def _set_torch_threads(n: int) -> None:

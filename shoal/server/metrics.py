@@ -16,7 +16,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 ALL = "_all_"
 LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .075, .1, .15, .25, .5, 1.0, 2.5, 5.0, 10.0, 30.0)
-LOAD_BUCKETS = (.01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LOAD_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -68,6 +68,8 @@ class Metrics:
                             registry=r)
         self.misses = Counter("shoal_model_cache_misses", "Requests that had to wait for a load", ["model"],
                               registry=r)
+        self.load_shed = Counter("shoal_load_shed", "Requests answered 503 at once because their model could not "
+                                 "be swapped in within their wait", registry=r)
         self.evictions = Counter("shoal_model_evictions", "Models evicted to fit the memory budget", ["model"],
                                  registry=r)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ from typing import Callable
 from shoal.errors import StoreUnavailable
 from shoal.ids import is_valid_model_id
 from shoal.server.batcher import ModelBatcher
-from shoal.server.errors import BadRequest, Conflict, DeadlineExceeded, NotFound, Unavailable
+from shoal.server.errors import BadRequest, Conflict, NotFound, Unavailable
 from shoal.server.handlers import Handler, LoadContext, create_handler
+from shoal.server.loads import LoadQueue, LoadTicket
 from shoal.server.metrics import Metrics
 from shoal.store.base import ModelStore
 from shoal.store.manifest import Manifest
@@ -58,10 +60,23 @@ class ModelEntry:
     loads: int = 0
     inflight: int = 0
     loading: asyncio.Future | None = None
+    ticket: LoadTicket | None = None  # while a load is pending or running
+
+
+# What a swapped-in model costs beyond its mapped weights (handler, tokenizer reference, batcher,
+# metrics children), measured by benchmarks/server_density.py --marginal (docs/BENCHMARKS.md `## long tail`).
+SWAPIN_OVERHEAD_BYTES = 1 << 20
 
 
 def model_cost(manifest: Manifest) -> int:
-    """Bytes a model counts against the budget: its measured resident size, at least its artifact file."""
+    """Bytes a model counts against the budget: what it really adds to the process.
+
+    A shared-graph model adds its mapped weights (the graph, the tokenizer and activation
+    memory are shared by every model and the executors); a frozen artifact its measured
+    resident size, at least its artifact file.
+    """
+    if manifest.weights and manifest.weight_bytes:
+        return manifest.weight_bytes + SWAPIN_OVERHEAD_BYTES
     artifact = manifest.files.get(manifest.artifact)
     measured = manifest.profile.resident_bytes if manifest.profile else 0
     return max(measured, artifact.size if artifact else 0) or manifest.total_bytes
@@ -69,7 +84,8 @@ def model_cost(manifest: Manifest) -> int:
 
 class Registry:
     def __init__(self, store: ModelStore, catalog: list[str] | None, budget_bytes: int, ctx: LoadContext,
-                 loader: ThreadPoolExecutor, metrics: Metrics, batching: BatchDefaults) -> None:
+                 loader: ThreadPoolExecutor, metrics: Metrics, batching: BatchDefaults, *, load_slots: int = 1,
+                 max_load_wait_s: float = 2.0) -> None:
         self.store = store
         self.open_catalog = catalog is None  # serve whatever the store holds, discovering new ids on demand
         self.entries: dict[str, ModelEntry] = {i: ModelEntry(i) for i in (catalog or [])}
@@ -82,6 +98,9 @@ class Registry:
         self.reserved_bytes = 0
         self.inflight = 0
         self._released = asyncio.Event()
+        self.loads = LoadQueue(load_slots)
+        self.max_load_wait_s = max_load_wait_s
+        self.shed = 0  # requests answered 503 because their model could not be swapped in in time
 
     # -- lookups --
     async def entry(self, model_id: str) -> ModelEntry:
@@ -98,7 +117,9 @@ class Registry:
     async def acquire(self, model_id: str, timeout_s: float | None = None) -> ModelEntry:
         """A ready entry with one more request in flight (call ``release`` after); loads it if needed.
 
-        Waiting for a load counts against ``timeout_s`` (504 past it; the load itself goes on).
+        A request waits for a swap-in at most ``max_load_wait_s`` and never past ``timeout_s``; when
+        the load queue says its model cannot be ready by then, it gets 503 + Retry-After at once (and
+        starts no load), so a backlog of loads sheds requests instead of growing without bound.
         """
         e = self.entries.get(model_id)
         if e is not None and e.state is State.READY:  # the hot path: no awaits
@@ -121,12 +142,29 @@ class Registry:
             if e.state is State.FAILED:
                 raise Unavailable(f"model {e.id} failed to load: {e.reason}")
             missed = True
-            remaining = None if deadline is None else deadline - time.monotonic()
+            remaining = self.max_load_wait_s if deadline is None else deadline - time.monotonic()
+            limit = min(remaining, self.max_load_wait_s)
+            expected = self.loads.estimate_s(e.ticket)
+            if expected > limit:
+                self.shed += 1
+                self.metrics.load_shed.inc()
+                raise Unavailable(f"model {e.id} is not loaded and its swap-in would take about {expected:.2f} s, "
+                                  f"more than this request may wait ({max(limit, 0):.2f} s); retry shortly",
+                                  retry_after_s=max(1, math.ceil(expected)))
+            done = self._start_load(e)
+            ticket = e.ticket
+            if ticket is not None:
+                ticket.waiters += 1
             try:
-                await asyncio.wait_for(self.load(e), remaining)
+                await asyncio.wait_for(asyncio.shield(done), limit)
             except TimeoutError:
-                raise DeadlineExceeded(f"model {e.id} was still loading after {timeout_s:g} s; it stays "
-                                       "loading, retry shortly") from None
+                self.shed += 1
+                self.metrics.load_shed.inc()
+                raise Unavailable(f"model {e.id} was still loading after {limit:.2f} s; it stays loading, retry "
+                                  "shortly", retry_after_s=1) from None
+            finally:
+                if ticket is not None:
+                    ticket.waiters -= 1
 
     def release(self, e: ModelEntry) -> None:
         e.inflight -= 1
@@ -141,23 +179,33 @@ class Registry:
         """Make ``e`` ready (or failed). Concurrent callers share one load."""
         if e.state is State.FAILED and retry_failed:
             e.state, e.reason = State.UNLOADED, None
+        await asyncio.shield(self._start_load(e))
+
+    def _start_load(self, e: ModelEntry) -> asyncio.Future:
+        """The future of ``e``'s load, starting one unless it is running, ready or failed."""
         if e.state in (State.READY, State.FAILED):
-            return
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         if e.loading is None:
             e.loading = asyncio.get_running_loop().create_future()
+            e.ticket = LoadTicket(e.id)
             e.state = State.LOADING
-            asyncio.get_running_loop().create_task(self._load(e, e.loading))
-        await asyncio.shield(e.loading)
+            asyncio.get_running_loop().create_task(self._load(e, e.loading, e.ticket))
+        return e.loading
 
-    async def _load(self, e: ModelEntry, done: asyncio.Future) -> None:
+    async def _load(self, e: ModelEntry, done: asyncio.Future, ticket: LoadTicket) -> None:
         start = time.perf_counter()
         reserved = 0
+        slot: float | None = None  # when this load got its slot
         try:
             manifest = e.manifest or await self.run_io(self.store.read_manifest, e.id)
             e.manifest = manifest
             cost = model_cost(manifest)
             if cost > self.budget:
                 raise RuntimeError(f"needs {cost} bytes, more than the whole memory budget of {self.budget} bytes")
+            await self.loads.acquire(ticket)  # the most wanted pending load goes first
+            slot = time.perf_counter()
             await self._make_room(e, cost)
             self.reserved_bytes += cost
             reserved = cost
@@ -180,8 +228,11 @@ class Registry:
             e.state, e.reason = State.FAILED, _one_line(exc)
             self.metrics.loads.labels(self.metrics.label(e.id), "failed").inc()
         finally:
+            if slot is not None:
+                self.loads.release(time.perf_counter() - slot if e.state is State.READY else None)
             self.reserved_bytes -= reserved
             e.loading = None
+            e.ticket = None
             if not done.done():
                 done.set_result(None)
             else:

@@ -48,7 +48,7 @@ class Runtime:
                  store: ModelStore | None = None) -> None:
         self.settings = settings
         self.device = device
-        self.store = store or store_from_settings(settings)
+        self.store = store or store_from_settings(settings, server=True)
         executors, threads = executor_layout(device, settings.executors, settings.threads)
         self.executor = DeviceExecutor(device, executors, threads)
         self.loader = loader_pool(settings.load_workers)
@@ -58,8 +58,12 @@ class Runtime:
         self.metrics = Metrics(len(ids), settings.per_model_metrics_limit)
         batching = BatchDefaults(settings.max_batch_size, settings.max_delay_ms, settings.max_queue_per_model)
         self.registry = Registry(self.store, ids, parse_bytes(settings.memory_budget), self.executor.context,
-                                 self.loader, self.metrics, batching)
+                                 self.loader, self.metrics, batching, load_slots=settings.load_workers,
+                                 max_load_wait_s=settings.max_load_wait_s)
         self.registry.open_catalog = catalog is None
+        cache = getattr(self.store, "cache", None)
+        if cache is not None:  # the disk tier never removes what is resident or loading
+            cache.pinned = lambda: {e.id for e in self.registry.entries.values() if e.state.value in ("ready", "loading")}
         self.capacity = settings.capacity or self.executor.executors * (settings.max_batch_size or 8)
         self.ready = False
         self.not_ready_reason = "preloading models"
@@ -83,6 +87,7 @@ class Runtime:
             shoal_resident_bytes=("Bytes of resident models (as counted against the budget)",
                                   lambda: reg.resident_bytes),
             shoal_memory_budget_bytes=("The resident-bytes budget", lambda: reg.budget),
+            shoal_loads_pending=("Swap-ins waiting for a load slot", lambda: len(reg.loads.waiting)),
         )
 
     async def start(self) -> None:

@@ -2,39 +2,52 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from urllib.parse import urlparse
 
 from shoal.errors import UsageError
 from shoal.store.base import ModelStore, verify_files
+from shoal.store.cache import VerifiedCache
 from shoal.store.manifest import Manifest
 
 
 def open_store(uri: str, *, cache_dir: Path | None = None, endpoint_url: str | None = None,
-               region: str = "us-east-1") -> ModelStore:
-    """Open the store a URI names: ``file://DIR``, a bare path, or ``s3://bucket/prefix``."""
+               region: str = "us-east-1", local_cache: bool = False, disk_budget: int | None = None) -> ModelStore:
+    """Open the store a URI names: ``file://DIR``, a bare path, or ``s3://bucket/prefix``.
+
+    S3 models are always fetched into the verified cache under ``cache_dir``; a local folder
+    store uses it only with ``local_cache`` (the server: files linked in and verified once,
+    trusted across restarts, instead of hashed on every first load of a process).
+    """
     from shoal.store.local import LocalStore
 
-    if "://" not in uri:
-        return LocalStore(Path(uri))
-    parsed = urlparse(uri)
+    parsed = urlparse(uri if "://" in uri else "file://")
     if parsed.scheme == "file":
-        return LocalStore(Path(parsed.netloc + parsed.path) if parsed.netloc else Path(parsed.path))
+        root = Path(uri) if "://" not in uri else Path(parsed.netloc + parsed.path)
+        cache = None
+        if local_cache:
+            key = hashlib.sha256(str(root.absolute()).encode()).hexdigest()[:16]
+            cache = VerifiedCache((cache_dir or Path(".shoal/cache")) / "local" / key, disk_budget)
+        return LocalStore(root, cache)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise UsageError(f"store URI {uri!r} names no bucket: use s3://bucket/prefix")
         from shoal.store.s3 import S3Store
 
-        return S3Store(parsed.netloc, parsed.path, cache_dir or Path(".shoal/cache"), endpoint_url, region)
+        return S3Store(parsed.netloc, parsed.path, cache_dir or Path(".shoal/cache"), endpoint_url, region,
+                       disk_budget)
     raise UsageError(f"store URI {uri!r}: scheme must be file:// or s3://")
 
 
-def store_from_settings(settings: "object") -> ModelStore:
-    from shoal.config import Settings
+def store_from_settings(settings: "object", *, server: bool = False) -> ModelStore:
+    """The settings' store; ``server``: with the disk tier for local folders too, bounded by ``disk_budget``."""
+    from shoal.config import Settings, parse_bytes
 
     assert isinstance(settings, Settings)
+    budget = parse_bytes(settings.disk_budget) if settings.disk_budget else None
     return open_store(settings.store, cache_dir=settings.cache_dir, endpoint_url=settings.s3_endpoint_url,
-                      region=settings.s3_region)
+                      region=settings.s3_region, local_cache=server, disk_budget=budget)
 
 
 __all__ = ["ModelStore", "Manifest", "open_store", "store_from_settings", "verify_files"]

@@ -75,7 +75,7 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
 
 def check_listed(manifest: Manifest) -> None:
     """The files the server loads (artifact, tokenizer) must be listed, so their sha256 is checked too."""
-    for name in (manifest.artifact, manifest.tokenizer):
+    for name in (manifest.artifact, manifest.tokenizer, manifest.weights):
         if name and name not in manifest.files:
             raise IntegrityError(f"{manifest.id}: {name} has no sha256 in its manifest: refused")
 

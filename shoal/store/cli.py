@@ -100,6 +100,8 @@ def synth(
     count: Annotated[int, typer.Option(help="how many unique models to create")],
     seed: Annotated[int, typer.Option(help="first seed; model i gets seed+i")] = 0,
     prefix: Annotated[Optional[str], typer.Option(help="id prefix (default: the base id)")] = None,
+    distinct: Annotated[bool, typer.Option("--distinct", help="perturb every tensor (default: vectors and the "
+                                           "head only, so copies share the base's matrices)")] = False,
     store: StoreOpt = None,
 ) -> None:
     """Create N unique models (perturbed weights, fresh head, own sha256) from a traced base."""
@@ -114,7 +116,8 @@ def synth(
     with Progress(transient=True) as bar:
         task = bar.add_task(f"synthesising from {base}", total=count)
         ids = synth_models(store_from_settings(settings), base, count, seed=seed, prefix=prefix,
-                           build_dir=settings.state_dir / "build", progress=lambda i: bar.update(task, completed=i))
+                           build_dir=settings.state_dir / "build", distinct=distinct,
+                           progress=lambda i: bar.update(task, completed=i))
     elapsed = time.perf_counter() - start
     typer.echo(f"created {len(ids)} models ({ids[0]} .. {ids[-1]}) in {elapsed:.1f} s "
                f"({elapsed / len(ids) * 1000:.0f} ms each)")

@@ -7,16 +7,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from shoal.errors import StoreError
+from shoal.errors import IntegrityError, StoreError
 from shoal.ids import check_model_id, is_valid_model_id
 from shoal.store.base import MANIFEST_NAME, ModelStore, check_listed, manifest_bytes, verify_files
+from shoal.store.cache import VerifiedCache, link_or_copy
 from shoal.store.manifest import Manifest
 
 
 class LocalStore(ModelStore):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cache: VerifiedCache | None = None) -> None:
         self.root = root
         self.uri = f"file://{root}"
+        self.cache = cache  # the server's disk tier: files linked in, verified once, trusted across restarts
 
     def _dir(self, model_id: str) -> Path:
         return self.root / check_model_id(model_id)
@@ -66,8 +68,16 @@ class LocalStore(ModelStore):
         folder = self._dir(model_id)
         manifest = self.read_manifest(model_id)
         check_listed(manifest)
-        verify_files(folder, manifest)
-        return folder
+        if self.cache is None:
+            verify_files(folder, manifest)
+            return folder
+
+        def fill(name: str, tmp: Path) -> None:
+            if not (folder / name).is_file():
+                raise IntegrityError(f"{model_id}: file {name} is missing from {self.uri}")
+            link_or_copy(folder / name, tmp)
+
+        return self.cache.ensure(manifest, fill)
 
     def remove(self, model_id: str) -> None:
         folder = self._dir(model_id)

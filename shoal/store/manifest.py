@@ -73,6 +73,9 @@ class Manifest(BaseModel):
     image_size: int | None = None
     labels: list[str] | None = None
     artifact: str = "model.pt"
+    weights: str | None = Field(None, description="safetensors file of the weights the artifact takes as inputs: "
+                                "set, the artifact is a graph shared by every model of its architecture; unset, "
+                                "the artifact holds its weights (frozen)")
     tokenizer: str | None = "tokenizer.json"
     files: dict[str, FileEntry] = Field(default_factory=dict)
     profile: Profile | None = None
@@ -89,10 +92,16 @@ class Manifest(BaseModel):
             check_file_name(name)
         return files
 
-    @field_validator("artifact", "tokenizer")
+    @field_validator("artifact", "tokenizer", "weights")
     @classmethod
     def _safe_name(cls, name: str | None) -> str | None:
         return None if name is None else check_file_name(name)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights file (0 for a frozen artifact, whose weights are inside it)."""
+        entry = self.files.get(self.weights) if self.weights else None
+        return entry.size if entry else 0
 
     @property
     def total_bytes(self) -> int:

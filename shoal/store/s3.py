@@ -15,11 +15,13 @@ from shoal.errors import StoreError, StoreUnavailable
 from shoal.ids import check_model_id, is_valid_model_id
 from shoal.store.base import MANIFEST_NAME, ModelStore, check_listed, manifest_bytes, verify_files
 from shoal.store.digests import file_sha256
-from shoal.store.manifest import Manifest, sha256_file
+from shoal.store.cache import VerifiedCache
+from shoal.store.manifest import Manifest
 
 
 class S3Store(ModelStore):
-    def __init__(self, bucket: str, prefix: str, cache_dir: Path, endpoint_url: str | None, region: str) -> None:
+    def __init__(self, bucket: str, prefix: str, cache_dir: Path, endpoint_url: str | None, region: str,
+                 disk_budget: int | None = None) -> None:
         import boto3.session
         from botocore.config import Config
 
@@ -27,6 +29,7 @@ class S3Store(ModelStore):
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.cache_dir = cache_dir / bucket / (self.prefix or "_")
+        self.cache = VerifiedCache(self.cache_dir, disk_budget)
         config = Config(
             retries={"max_attempts": 3, "mode": "standard"},
             connect_timeout=5,
@@ -115,30 +118,15 @@ class S3Store(ModelStore):
                    Key=self._key(manifest.id, MANIFEST_NAME), Body=manifest_bytes(manifest))
 
     def fetch(self, model_id: str) -> Path:
+        """The model's files in the local cache: downloaded (temp file, sha256, rename) unless already verified."""
         manifest = self.read_manifest(model_id)
         check_listed(manifest)
-        folder = self.cache_dir / model_id
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, entry in manifest.files.items():
-            dst = folder / name
-            if dst.is_file() and dst.stat().st_size == entry.size and file_sha256(dst) == entry.sha256:
-                continue
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-            os.close(fd)
-            try:
-                self._call(f"downloading {model_id}/{name}", self.client.download_file,
-                           Bucket=self.bucket, Key=self._key(model_id, name), Filename=tmp)
-                if sha256_file(Path(tmp)) != entry.sha256:
-                    from shoal.errors import IntegrityError
 
-                    raise IntegrityError(f"{model_id}: {name} downloaded from {self.uri} does not match its sha256")
-                os.replace(tmp, dst)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        (folder / MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
-        return folder
+        def fill(name: str, tmp: Path) -> None:
+            self._call(f"downloading {model_id}/{name}", self.client.download_file,
+                       Bucket=self.bucket, Key=self._key(model_id, name), Filename=str(tmp))
+
+        return self.cache.ensure(manifest, fill)
 
     def remove(self, model_id: str) -> None:
         manifest = self.read_manifest(model_id)

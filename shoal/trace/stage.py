@@ -22,12 +22,15 @@ from shoal.samples import qa_pairs, sentences
 from shoal.spec import ModelSpec
 from shoal.store.base import ModelStore
 from shoal.store.manifest import Manifest, Profile, describe_files
+from shoal import graphs
 from shoal.trace import compilers, precision as prec
 from shoal.trace.sources import load_eager_model, load_tokenizer, save_tokenizer_json
 from shoal.trace.wrappers import wrap
 
 Log = Callable[[str], None]
 PROBES = 64
+GRAPH_FILE = "graph.pt"
+WEIGHTS_FILE = "weights.safetensors"
 
 
 @dataclass
@@ -151,11 +154,29 @@ def _trace_candidate(spec: ModelSpec, model: Any, tokenizer: Any, precision: str
     if precision == "fp32":
         check.accepted = True
     torch.jit.save(compiled.module, str(folder / "model.pt"))
-    if compiled.unfrozen is not None:
-        torch.jit.save(compiled.unfrozen, str(folder / "traced.pt"))
+    if compiled.format == "torchscript":
+        _save_shared_graph(spec, wrapper, example, compiled.module, tuple(t.to(device) for t in fresh), folder, opts)
     opts.log(f"{spec.id}: {precision} {check.verdict()}; measuring")
     profile = _measure(folder / "model.pt", spec, threads, device, opts.isolated_profile)
     return Candidate(precision, folder, profile, check.verdict(), check.accepted)
+
+
+def _save_shared_graph(spec: ModelSpec, wrapper: Any, example: tuple, frozen: Any, fresh: tuple, folder: Path,
+                       opts: TraceOptions) -> None:
+    """graph.pt (weights as inputs, shared by every model of this architecture) + weights.safetensors.
+
+    The server swaps models in by mapping their weights under one shared graph; the graph must
+    answer exactly as the frozen module does, or the trace stops here.
+    """
+    graph, names = graphs.trace_graph(wrapper, example)
+    weights = [p.detach() for p in wrapper.parameters()]
+    with torch.inference_mode():
+        diff = prec.max_abs_diff(graph(*fresh, weights), frozen(*fresh))
+    if diff > 1e-3:
+        raise ShoalError(f"{spec.id}: the shared graph differs from the frozen module by {diff:.3g}")
+    opts.log(f"{spec.id}: shared graph vs frozen max abs difference {diff:.2e}")
+    graphs.save_graph(graph, names, folder / GRAPH_FILE)
+    graphs.save_weights(wrapper, folder / WEIGHTS_FILE)
 
 
 def _static_example(spec: ModelSpec, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,24 +212,26 @@ def _measure_isolated(artifact: Path, spec: ModelSpec, batch_sizes: list[int], t
 
 def _manifest(spec: ModelSpec, opts: TraceOptions, key: str, best: Candidate, candidates: list[Candidate],
               model: Any, threads: int) -> Manifest:
-    files = ["model.pt", "tokenizer.json"]
+    fmt = {"inf1": "neuron", "inf2": "neuronx"}.get(opts.processor, "torchscript")
+    shared = fmt == "torchscript"  # a shared graph + this model's weights; Neuron graphs hold their weights
+    files = [GRAPH_FILE, WEIGHTS_FILE, "tokenizer.json"] if shared else ["model.pt", "tokenizer.json"]
     dtype_size = torch.finfo(prec.DTYPES[best.precision]).bits // 8
     param_bytes = sum(p.numel() for p in model.parameters()) * dtype_size
     latency = {int(b): float(ms) for b, ms in best.profile["latency_ms_p50"].items()}
     profile = Profile(
         param_bytes=param_bytes,
-        artifact_bytes=(best.folder / "model.pt").stat().st_size,
+        artifact_bytes=sum((best.folder / f).stat().st_size for f in files if f != "tokenizer.json"),
         resident_bytes=int(best.profile["resident_bytes"]),
         latency_ms_p50=latency,
         threads=threads,
         measured_on=f"{opts.processor} {platform.processor() or platform.machine()} x{os.cpu_count()}",
         precisions_tried={c.precision: c.verdict for c in candidates},
     )
-    fmt = {"inf1": "neuron", "inf2": "neuronx"}.get(opts.processor, "torchscript")
     return Manifest(
         id=spec.id, kind=spec.kind, task=spec.task, format=fmt, processor=opts.processor,  # type: ignore[arg-type]
         precision=best.precision, seq_len=spec.seq_len, labels=spec.labels,  # type: ignore[arg-type]
         files=describe_files(best.folder, files), profile=profile, batching=spec.batching,
+        artifact=GRAPH_FILE if shared else "model.pt", weights=WEIGHTS_FILE if shared else None,
         static_batch=max(spec.batch_sizes) if fmt != "torchscript" else None,
         source=spec.source.describe(), spec_sha256=key,
     )

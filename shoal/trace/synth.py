@@ -1,16 +1,22 @@
-"""Synthesise N unique models from a traced base: seeded small perturbations plus a fresh head.
-
-Only vectors (biases, LayerNorm) are perturbed, plus the head's fresh weights: that
-keeps each copy within a hair of the base's behaviour and costs milliseconds, not
-seconds, per model.
+"""Synthesise N unique models from a traced base: seeded perturbations plus a fresh head.
 
 This stands in for a fleet of customers' fine-tuned models: every copy has distinct
 weights and a distinct sha256, and inherits the base's measured profile (same
 architecture, same shapes, so the same cost).
+
+By default only vectors (biases, LayerNorm) are perturbed, plus the head's fresh weights:
+each copy stays within a hair of the base's behaviour and shares the base's large matrices
+(what a partial fine-tune looks like). ``distinct=True`` perturbs every tensor, so no
+sharing of any kind can make a long-tail test easy.
+
+A base traced as a shared graph (``weights`` in its manifest) is copied by writing a new
+weights file beside the base's graph: no TorchScript work per copy. A base with a frozen
+artifact (detectors) is re-frozen per copy from the unfrozen trace kept in the build cache.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -37,18 +43,24 @@ def unfrozen_artifact(build_dir: Path, base: Manifest) -> Path:
 
 
 def synth_models(store: ModelStore, base_id: str, count: int, *, seed: int = 0, prefix: str | None = None,
-                 build_dir: Path = Path(".shoal/build"), progress: Callable[[int], None] = lambda i: None) -> list[str]:
+                 build_dir: Path = Path(".shoal/build"), distinct: bool = False,
+                 progress: Callable[[int], None] = lambda i: None) -> list[str]:
     """Create ``count`` unique models named ``<prefix>-<seed+i>`` (zero-padded); returns their ids."""
     if count < 1:
         raise UsageError("--count must be at least 1")
     base = store.read_manifest(base_id)
     if base.base is not None:
         raise UsageError(f"{base_id} is itself synthetic (from {base.base}); synthesise from a traced model")
+    width = max(4, len(str(seed + count - 1)))
+    ids = [check_model_id(f"{prefix or base_id}-{seed + i:0{width}d}") for i in range(count)]
+    if base.weights:
+        return _synth_weights(store, base, ids, seed, distinct, progress)
+    if distinct:
+        raise UsageError(f"--distinct needs a base traced as a shared graph; {base_id} is a frozen "
+                         f"{base.kind} artifact")
     module = torch.jit.load(str(unfrozen_artifact(build_dir, base)), map_location="cpu").eval()
     originals = {name: p.detach().clone() for name, p in module.named_parameters()}
     base_folder = store.fetch(base_id)
-    width = max(4, len(str(seed + count - 1)))
-    ids = [check_model_id(f"{prefix or base_id}-{seed + i:0{width}d}") for i in range(count)]
     staging = Path(tempfile.mkdtemp(prefix="shoal-synth-"))
     try:
         for name in base.files:  # everything but the weights (tokenizer.json; nothing for detectors)
@@ -69,6 +81,71 @@ def synth_models(store: ModelStore, base_id: str, count: int, *, seed: int = 0, 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ids
+
+
+def _synth_weights(store: ModelStore, base: Manifest, ids: list[str], seed: int, distinct: bool,
+                   progress: Callable[[int], None]) -> list[str]:
+    """Copies of a shared-graph model: a new weights file each; graph and tokenizer are the base's bytes."""
+    from safetensors.torch import load_file, save_file
+
+    assert base.weights is not None
+    base_folder = store.fetch(base.id)
+    originals = load_file(str(base_folder / base.weights))
+    staging = Path(tempfile.mkdtemp(prefix=".shoal-synth-", dir=_scratch_near(store)))
+    try:
+        for name in base.files:
+            if name != base.weights:
+                _link_or_copy(base_folder / name, staging / name)
+        for i, model_id in enumerate(ids):
+            tensors = _perturbed(originals, seed + i, distinct)
+            save_file(tensors, str(staging / base.weights))
+            manifest = base.model_copy(update={
+                "id": model_id, "base": base.id, "files": describe_files(staging, list(base.files)),
+                "spec_sha256": f"synth:{base.spec_sha256}:{seed + i}:{'distinct' if distinct else 'partial'}",
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+            })
+            store.push(staging, manifest)
+            (staging / base.weights).unlink()
+            progress(i + 1)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ids
+
+
+@torch.no_grad()
+def _perturbed(originals: dict[str, torch.Tensor], seed: int, distinct: bool) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, base in originals.items():
+        if any(marker in name for marker in HEAD_MARKERS) and name.endswith("weight"):
+            out[name] = (torch.randn(base.shape, generator=generator) * 0.02).to(base.dtype)  # a fresh head
+        elif base.dim() == 1 or distinct:
+            out[name] = _noisy(base, generator)
+        else:
+            out[name] = base  # shared with the base: a partial fine-tune
+    return out
+
+
+def _noisy(base: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    scale = base.float().std().item() if base.numel() > 1 else 0.0
+    noise = torch.randn(base.shape, generator=generator) * (PERTURBATION * max(scale, 1e-3))
+    return (base.float() + noise).to(base.dtype).contiguous()
+
+
+def _scratch_near(store: ModelStore) -> Path | None:
+    """A folder on the store's own filesystem when it is local, so pushing links files instead of copying."""
+    root = getattr(store, "root", None)
+    if isinstance(root, Path):
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+    return None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 @torch.no_grad()

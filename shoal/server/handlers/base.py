@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal.graphs import GraphCache
 from shoal.server.errors import BadRequest
 from shoal.server.schemas import V2InferRequest
 from shoal.store.manifest import Manifest
@@ -25,6 +26,7 @@ class LoadContext:
 
     torch_device: str  # map_location, e.g. "cpu" or "cuda:0"
     device_kind: str  # cpu | cuda | neuron
+    graphs: GraphCache = field(default_factory=GraphCache, compare=False)  # shared graphs of this process
 
 
 @dataclass

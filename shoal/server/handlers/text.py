@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from shoal.graphs import BoundGraph
 from shoal.server.artifacts import load_torchscript
+from shoal.server.swapin import bind_weights
 from shoal.server.errors import Unprocessable
 from shoal.server.handlers.base import Handler, LoadContext, Parsed
 from shoal.server.schemas import (QABatchRequest, QARequest, TextBatchRequest, TextRequest, V2InferRequest,
@@ -79,8 +81,23 @@ class TextHandler(Handler):
         self.task = manifest.task
         self.seq_len = manifest.seq_len or 512
         self.tokenizer = _tokenizer(folder, manifest, self.seq_len)
-        self.module = load_torchscript(folder / manifest.artifact, ctx.torch_device)  # never a pickle
+        if manifest.weights:  # a shared graph bound to this model's mapped weights: the swap-in path
+            self.module: Any = bind_weights(manifest, folder, ctx)
+        else:
+            self.module = load_torchscript(folder / manifest.artifact, ctx.torch_device)  # never a pickle
         self.labels = manifest.labels
+
+    def warmup(self) -> None:
+        """A graph another model already ran is optimised: a new model of it needs no warm-up forward."""
+        bound = self.module if isinstance(self.module, BoundGraph) else None
+        if bound is not None and self.ctx.graphs.is_warm(bound.graph, bound.weights):
+            return
+        super().warmup()  # also refuses weights that do not fit the graph, before any request sees them
+        if bound is not None:
+            self.ctx.graphs.mark_warm(bound.graph, bound.weights)
+
+    def close(self) -> None:
+        self.module = None  # the mapped weights are unmapped with their last reference
 
     # -- request side --
     def parse(self, body: Any) -> Parsed:
