@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,19 @@ TINY = {"tiny-cls": ("classification", 0), "tiny-cls2": ("classification", 1), "
         "tiny-qa": ("question-answering", 3)}
 
 
+_CACHE: list[Path] = []
+
+
+def test_cache_dir() -> Path:
+    """One disk-cache folder for the servers of this test session, never the repo's or the user's."""
+    if not _CACHE:
+        _CACHE.append(Path(tempfile.mkdtemp(prefix="shoal-test-cache-")))
+    return _CACHE[0]
+
+
+test_cache_dir.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 @dataclass
 class ServerProcess:
     """One `shoal serve` child process; ``url`` once it is listening."""
@@ -40,7 +54,7 @@ class ServerProcess:
 
     def start(self, wait_ready: bool = True, timeout_s: float = 60.0) -> "ServerProcess":
         cmd = [sys.executable, "-m", "shoal.cli", "serve", "--port", "0", *self.args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "SHOAL_CACHE_DIR": str(test_cache_dir()), **self.env}
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True)
         threading.Thread(target=self._drain, daemon=True).start()

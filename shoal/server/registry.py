@@ -61,6 +61,7 @@ class ModelEntry:
     inflight: int = 0
     loading: asyncio.Future | None = None
     ticket: LoadTicket | None = None  # while a load is pending or running
+    holds: int = 0  # requests waiting for this model's load: it is not evicted before they get it
 
 
 # What a swapped-in model costs beyond its mapped weights (handler, tokenizer reference, batcher,
@@ -155,6 +156,7 @@ class Registry:
             ticket = e.ticket
             if ticket is not None:
                 ticket.waiters += 1
+            e.holds += 1  # until this request has the model (no await between the wake-up and inflight += 1)
             try:
                 await asyncio.wait_for(asyncio.shield(done), limit)
             except TimeoutError:
@@ -163,8 +165,11 @@ class Registry:
                 raise Unavailable(f"model {e.id} was still loading after {limit:.2f} s; it stays loading, retry "
                                   "shortly", retry_after_s=1) from None
             finally:
+                e.holds -= 1
                 if ticket is not None:
                     ticket.waiters -= 1
+                if e.holds == 0 and e.inflight == 0:
+                    self._released.set()
 
     def release(self, e: ModelEntry) -> None:
         e.inflight -= 1
@@ -256,7 +261,8 @@ class Registry:
         """Evict idle models, least recently used first, until ``cost`` fits; wait while all are busy."""
         deadline = time.monotonic() + 10.0
         while self.resident_bytes + self.reserved_bytes + cost > self.budget:
-            idle = [x for x in self.entries.values() if x.state is State.READY and x.inflight == 0 and x is not loading]
+            idle = [x for x in self.entries.values()
+                    if x.state is State.READY and x.inflight == 0 and x.holds == 0 and x is not loading]
             if idle:
                 self.evict(min(idle, key=lambda x: x.last_used))
                 continue
