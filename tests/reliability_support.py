@@ -51,21 +51,29 @@ def copy_store(src: ModelStore, ids: list[str], dst: Path) -> None:
         shutil.copytree(store_folder(src) / model_id, dst / model_id)
 
 
-def replace_artifact(store: ModelStore, base: Manifest, model_id: str, artifact: bytes, work: Path) -> Manifest:
-    """Push ``base``'s files as ``model_id`` with ``artifact`` as its model.pt and a manifest whose sha256 matches.
+def replace_artifact(store: ModelStore, base: Manifest, model_id: str, artifact: bytes, work: Path,
+                     frozen: bool = False) -> Manifest:
+    """Push ``base``'s files as ``model_id`` with ``artifact`` as its artifact and a manifest whose sha256 matches.
 
     This is what an attacker with write access to the store (but not to the code) can do:
     the integrity check passes, so only the loader stands between the file and the process.
+    ``frozen``: the artifact holds its own weights (``model.pt``, no weights file), not a shared graph.
     """
     folder = work / model_id
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     src = store_folder(store) / base.id
-    for name in base.files:
+    names = [n for n in base.files if not (frozen and n in (base.weights, base.artifact))]
+    for name in names:
         shutil.copyfile(src / name, folder / name)
-    (folder / base.artifact).write_bytes(artifact)
-    manifest = base.model_copy(update={"id": model_id, "files": describe_files(folder, list(base.files))})
+    artifact_name = "model.pt" if frozen else base.artifact
+    (folder / artifact_name).write_bytes(artifact)
+    names = list(dict.fromkeys([*names, artifact_name]))
+    update = {"id": model_id, "files": describe_files(folder, names), "artifact": artifact_name}
+    if frozen:
+        update["weights"] = None
+    manifest = base.model_copy(update=update)
     store.push(folder, manifest)
     return manifest
 
@@ -103,7 +111,7 @@ def make_slow_model(store: ModelStore, base: Manifest, model_id: str, seconds: f
     """A text classifier (``base``'s tokenizer and manifest) whose forward takes about ``seconds``."""
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(SlowClassifier(loops_for(seconds))), buf)
-    return replace_artifact(store, base, model_id, buf.getvalue(), work)
+    return replace_artifact(store, base, model_id, buf.getvalue(), work, frozen=True)
 
 
 # -- crafted pickles --
