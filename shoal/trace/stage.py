@@ -29,6 +29,7 @@ from shoal.trace.wrappers import wrap
 
 Log = Callable[[str], None]
 PROBES = 64
+ARTIFACT_FORM = 2  # 2: shared graph + weights file (1: frozen model.pt); a change re-traces on the next build
 GRAPH_FILE = "graph.pt"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -60,7 +61,7 @@ def trace_key(spec: ModelSpec, opts: TraceOptions) -> str:
     """Changes whenever the catalog entry or an option that shapes the artifact changes."""
     key = {"spec": spec.model_dump(mode="json"), "processor": opts.processor, "precision": opts.precision,
            "batch_sizes": opts.batch_sizes, "seq_len": opts.seq_len, "pipeline_cores": opts.pipeline_cores,
-           "torch": torch.__version__}
+           "torch": torch.__version__, "artifact_form": ARTIFACT_FORM}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
