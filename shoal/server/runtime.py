@@ -152,7 +152,10 @@ class Runtime:
         timeout = timeout_s or self.settings.request_timeout_s
         status = 200
         try:
+            entry = self.registry.entries.get(model_id)
+            resident = entry is not None and entry.state.value == "ready"
             entry = await self.registry.acquire(model_id, timeout)
+            load_wait_s = 0.0 if resident else time.perf_counter() - t0
             try:
                 handler = entry.handler
                 assert handler is not None and entry.batcher is not None
@@ -173,7 +176,10 @@ class Runtime:
             self.metrics.count(self.label(model_id), status)
         total = time.perf_counter() - t0
         self.metrics.model(model_id).request.observe(total)  # type: ignore[attr-defined]
-        return Outcome(entry, handler, results, text, parsed.single, _timings(pending, total))
+        timings = _timings(pending, total)
+        if load_wait_s:
+            timings["load_wait_ms"] = round(load_wait_s * 1000, 3)  # this request waited for a swap-in
+        return Outcome(entry, handler, results, text, parsed.single, timings)
 
 
 def _list_or_later(store: ModelStore) -> list[str]:

@@ -43,6 +43,8 @@ class Timings(BaseModel):
     inference_ms: float
     postprocess_ms: float
     total_ms: float
+    load_wait_ms: float | None = Field(None, description="present when the request waited for its model to be "
+                                       "swapped in")
 
 
 class PredictionResponse(BaseModel):
