@@ -56,7 +56,7 @@ class Settings(ShoalSettingsBase):
     disk_budget: str | None = Field(None, description="bytes the local disk cache may hold of its own (S3 "
                                     "downloads, copies), least recently fetched models removed first; "
                                     "unset: unbounded. Files linked from a local store cost no disk")
-    max_load_wait_s: float = Field(2.0, gt=0, description="longest a request waits for its model to be "
+    max_load_wait_s: float = Field(10.0, gt=0, description="longest a request waits for its model to be "
                                    "swapped in; a request whose load cannot start and finish within this (or "
                                    "its deadline) gets 503 with Retry-After at once")
     preload: str = Field("all", description="all | none | N models loaded at start")

@@ -86,7 +86,7 @@ def model_cost(manifest: Manifest) -> int:
 class Registry:
     def __init__(self, store: ModelStore, catalog: list[str] | None, budget_bytes: int, ctx: LoadContext,
                  loader: ThreadPoolExecutor, metrics: Metrics, batching: BatchDefaults, *, load_slots: int = 1,
-                 max_load_wait_s: float = 2.0) -> None:
+                 max_load_wait_s: float = 10.0) -> None:
         self.store = store
         self.open_catalog = catalog is None  # serve whatever the store holds, discovering new ids on demand
         self.entries: dict[str, ModelEntry] = {i: ModelEntry(i) for i in (catalog or [])}
