@@ -290,7 +290,8 @@ class Registry:
         if handler is not None:
             handler.close()
         del handler
-        self.loader.submit(_trim_heap)
+        if not (e.manifest and e.manifest.weights):  # mapped weights are unmapped, not freed to malloc's heap
+            self.loader.submit(_trim_heap)
 
     async def read_manifests(self) -> None:
         """Read every catalog manifest (kind, task, size for listings); an unreadable one marks the model failed."""
