@@ -22,6 +22,7 @@ from shoal.server.executor import DeviceExecutor, loader_pool, executor_layout
 from shoal.server.handlers.base import Handler, Parsed
 from shoal.server.metrics import Metrics
 from shoal.server.registry import BatchDefaults, ModelEntry, Registry
+from shoal.server.v2_codec import check_outputs
 from shoal.store import store_from_settings
 from shoal.store.base import ModelStore
 
@@ -141,7 +142,7 @@ class Runtime:
             asked = float(header) / 1000.0
         except ValueError:
             raise BadRequest("header X-Request-Timeout-Ms must be a number of milliseconds") from None
-        if asked <= 0:
+        if not asked > 0:  # also refuses "nan"
             raise BadRequest("header X-Request-Timeout-Ms must be positive")
         return min(asked, limit)
 
@@ -194,6 +195,7 @@ def _parse(handler: Handler, body: Any, how: str) -> Parsed:
     if how == "query":
         return handler.parse(handler.from_query(body))
     if how == "v2":
+        check_outputs(body, handler.v2_output_names)
         return Parsed(handler.parse_v2(body), single=False)
     return handler.parse(body)
 

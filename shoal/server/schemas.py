@@ -6,7 +6,7 @@ checked against these models, so a wrong type answers 422 naming the field.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -54,19 +54,32 @@ class PredictionResponse(BaseModel):
     timings: Timings
 
 
+V2_DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+                "FP64", "BF16", "BYTES")
+
+
 class V2Tensor(_Strict):
     name: str
-    shape: list[int]
-    datatype: str
-    data: list[Any]
-    parameters: dict[str, Any] | None = None
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: Literal[V2_DATATYPES]  # type: ignore[valid-type]
+    data: list[Any] | None = Field(None, description="row-major elements (flat or nested); absent when "
+                                   "parameters.binary_data_size says the bytes follow the JSON header")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size: bytes of this input in the "
+                                              "binary data after the JSON (Triton's binary tensor data extension)")
+
+
+class V2RequestedOutput(_Strict):
+    name: str
+    parameters: dict[str, Any] | None = Field(None, description="binary_data: true to get this output as raw "
+                                              "bytes after the JSON header")
 
 
 class V2InferRequest(_Strict):
     id: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_output: true to get every output "
+                                              "as raw bytes after the JSON header")
     inputs: list[V2Tensor] = Field(min_length=1)
-    outputs: list[dict[str, Any]] | None = None
+    outputs: list[V2RequestedOutput] | None = None
 
 
 class ModelInfo(BaseModel):

@@ -16,7 +16,8 @@ from typing import Any
 
 from shoal.graphs import GraphCache
 from shoal.server.errors import BadRequest
-from shoal.server.schemas import V2InferRequest
+from shoal.server.v2_codec import InferRequest
+from shoal.server.v2_tensors import Tensor
 from shoal.store.manifest import Manifest
 
 
@@ -62,12 +63,16 @@ class Handler(ABC):
         raise BadRequest(f"model {self.manifest.id} takes no query-string requests: POST a JSON body")
 
     @abstractmethod
-    def parse_v2(self, request: V2InferRequest) -> list[Any]:
-        """Inputs from a KServe v2 infer request."""
+    def parse_v2(self, request: InferRequest) -> list[Any]:
+        """Inputs from a KServe v2 infer request (typed tensors, whichever wire they came over)."""
 
     @abstractmethod
-    def to_v2(self, results: list[Any]) -> list[dict[str, Any]]:
+    def to_v2(self, results: list[Any]) -> list[Tensor]:
         """KServe v2 output tensors for ``results``."""
+
+    @property
+    def v2_output_names(self) -> list[str]:
+        return [o["name"] for o in self.v2_metadata().get("outputs", [])]
 
     @abstractmethod
     def v2_metadata(self) -> dict[str, Any]:

@@ -23,7 +23,9 @@ from shoal.server.artifacts import load_torchscript
 from shoal.server.errors import ApiError, PayloadTooLarge, Unprocessable
 from shoal.server.handlers.base import Handler, LoadContext, Parsed
 from shoal.server.media import MediaBody
-from shoal.server.schemas import MAX_INPUTS, V2InferRequest, validate
+from shoal.server.schemas import MAX_INPUTS, validate
+from shoal.server.v2_codec import InferRequest
+from shoal.server.v2_tensors import Tensor, tensor
 from shoal.store.manifest import Manifest
 from shoal.vision.image import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, decode_image
 from shoal.vision.letterbox import Geometry, letterbox
@@ -116,22 +118,23 @@ class DetectorHandler(Handler):
                 values[key] = text
         return validate(Options, values).resolve(self.defaults)
 
-    def parse_v2(self, request: V2InferRequest) -> list[Any]:
-        tensor = next((t for t in request.inputs if t.name == "image"), request.inputs[0] if request.inputs else None)
-        if tensor is None or tensor.datatype != "BYTES" or not all(isinstance(v, str) for v in tensor.data):
-            raise Unprocessable("inputs: a BYTES tensor named 'image' holding base64 image files is required")
-        if not tensor.data or len(tensor.data) > MAX_INPUTS:
-            raise Unprocessable(f"inputs.image: between 1 and {MAX_INPUTS} images per request")
-        opts = validate(Options, request.parameters or {})
-        return [ImageInput(_b64(v, f"inputs.image[{i}]"), opts.resolve(self.defaults))
-                for i, v in enumerate(tensor.data)]
+    def parse_v2(self, request: InferRequest) -> list[Any]:
+        """BYTES elements are image files: JSON strings in base64, raw bytes (binary data, gRPC) as they are."""
+        t = request.input("image") or request.inputs[0]
+        if t.datatype != "BYTES":
+            raise Unprocessable("inputs: a BYTES tensor named 'image' holding image files is required")
+        images = t.values()
+        if not images or len(images) > MAX_INPUTS:
+            raise Unprocessable(f"inputs.{t.name}: between 1 and {MAX_INPUTS} images per request")
+        opts = validate(Options, dict(request.model_parameters)).resolve(self.defaults)
+        return [ImageInput(_b64(v, f"inputs.{t.name}[{i}]") if isinstance(v, str) else _nonempty(v, t.name, i), opts)
+                for i, v in enumerate(images)]
 
-    def to_v2(self, results: list[Any]) -> list[dict[str, Any]]:
+    def to_v2(self, results: list[Any]) -> list[Tensor]:
         """One FP32 [N, 7] tensor over all images: image index, x1, y1, x2, y2, score, class."""
         rows = [[i, *box, score, cls] for i, r in enumerate(results)
                 for box, score, cls in zip(r["boxes"], r["scores"], r["classes"])]
-        return [{"name": "detections", "datatype": "FP32", "shape": [len(rows), 7],
-                 "data": [float(v) for row in rows for v in row]}]
+        return [tensor("detections", "FP32", rows, (len(rows), 7))]
 
     def v2_metadata(self) -> dict[str, Any]:
         return v2_metadata(self.manifest)
@@ -193,6 +196,12 @@ class DetectorHandler(Handler):
 
 def _result(det: Detections, geo: Geometry, names: list[str] | None) -> dict[str, Any]:
     return {**det.to_json(names), "width": geo.width, "height": geo.height}
+
+
+def _nonempty(data: bytes, name: str, index: int) -> bytes:
+    if not data:
+        raise Unprocessable(f"inputs.{name}[{index}]: image is empty (0 bytes)")
+    return data
 
 
 def _b64(text: str, where: str) -> bytes:

@@ -22,8 +22,9 @@ from shoal.server.artifacts import load_torchscript
 from shoal.server.swapin import bind_weights
 from shoal.server.errors import Unprocessable
 from shoal.server.handlers.base import Handler, LoadContext, Parsed
-from shoal.server.schemas import (QABatchRequest, QARequest, TextBatchRequest, TextRequest, V2InferRequest,
-                                  validate)
+from shoal.server.schemas import QABatchRequest, QARequest, TextBatchRequest, TextRequest, validate
+from shoal.server.v2_codec import InferRequest
+from shoal.server.v2_tensors import Tensor, tensor
 from shoal.store.manifest import Manifest
 
 MAX_ANSWER_TOKENS = 30
@@ -125,38 +126,34 @@ class TextHandler(Handler):
             body["text_pair"] = params["seq_1"]
         return body
 
-    def parse_v2(self, request: V2InferRequest) -> list[Any]:
-        tensors = {t.name: t for t in request.inputs}
+    def parse_v2(self, request: InferRequest) -> list[Any]:
         names = ("question", "context") if self.task == "question-answering" else ("text",)
         columns = []
         for name in names:
-            tensor = tensors.get(name) or (request.inputs[0] if len(names) == 1 else None)
-            if tensor is None:
+            t = request.input(name) or (request.inputs[0] if len(names) == 1 else None)
+            if t is None:
                 raise Unprocessable(f"inputs: a BYTES tensor named {name!r} is required")
-            if tensor.datatype != "BYTES" or not all(isinstance(v, str) for v in tensor.data):
-                raise Unprocessable(f"inputs.{tensor.name}: datatype must be BYTES with string data")
-            columns.append(list(tensor.data))
+            if t.datatype != "BYTES":
+                raise Unprocessable(f"inputs.{t.name}: datatype must be BYTES (text), not {t.datatype}")
+            columns.append([_text(v, t.name) for v in t.values()])
         if len({len(c) for c in columns}) != 1 or not columns[0]:
             raise Unprocessable("inputs: tensors must hold the same, non-zero number of elements")
         if len(columns[0]) > 256:
             raise Unprocessable("inputs: at most 256 elements per request")
         return list(zip(*columns)) if len(columns) == 2 else columns[0]
 
-    def to_v2(self, results: list[Any]) -> list[dict[str, Any]]:
+    def to_v2(self, results: list[Any]) -> list[Tensor]:
         n = len(results)
         if self.task == "embedding":
-            dim = len(results[0]["embedding"])
-            flat = [x for r in results for x in r["embedding"]]
-            return [{"name": "embedding", "datatype": "FP32", "shape": [n, dim], "data": flat}]
+            return [tensor("embedding", "FP32", [r["embedding"] for r in results])]
         if self.task == "classification":
             names = list(results[0]["scores"])
-            flat = [r["scores"][k] for r in results for k in names]
-            return [{"name": "label", "datatype": "BYTES", "shape": [n], "data": [r["label"] for r in results]},
-                    {"name": "scores", "datatype": "FP32", "shape": [n, len(names)], "data": flat}]
-        return [{"name": "answer", "datatype": "BYTES", "shape": [n], "data": [r["answer"] for r in results]},
-                {"name": "score", "datatype": "FP32", "shape": [n], "data": [r["score"] for r in results]},
-                {"name": "start", "datatype": "INT64", "shape": [n], "data": [r["start"] for r in results]},
-                {"name": "end", "datatype": "INT64", "shape": [n], "data": [r["end"] for r in results]}]
+            return [tensor("label", "BYTES", [r["label"] for r in results]),
+                    tensor("scores", "FP32", [[r["scores"][k] for k in names] for r in results], (n, len(names)))]
+        return [tensor("answer", "BYTES", [r["answer"] for r in results]),
+                tensor("score", "FP32", [r["score"] for r in results]),
+                tensor("start", "INT64", [r["start"] for r in results]),
+                tensor("end", "INT64", [r["end"] for r in results])]
 
     def v2_metadata(self) -> dict[str, Any]:
         return v2_metadata(self.manifest)
@@ -235,6 +232,16 @@ def v2_metadata(manifest: Manifest) -> dict[str, Any]:
         inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
         outputs = [{"name": "embedding", "datatype": "FP32", "shape": [-1, -1]}]
     return {"inputs": inputs, "outputs": outputs}
+
+
+def _text(value: str | bytes, name: str) -> str:
+    """A BYTES element as text: JSON strings as they are, raw bytes (binary data, gRPC) decoded as UTF-8."""
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Unprocessable(f"inputs.{name}: BYTES elements must be UTF-8 text") from None
 
 
 def _classify(logits: np.ndarray, labels: list[str] | None) -> list[dict[str, Any]]:
