@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from shoal.server.routes import health, kserve, management, predictions, sagemaker
+from shoal.server.routes import health, kserve, management, predictions, repository, sagemaker
 
 
 def include_routes(app: FastAPI) -> None:
-    for module in (health, predictions, kserve, sagemaker, management):
+    for module in (health, predictions, kserve, repository, sagemaker, management):
         app.include_router(module.router)

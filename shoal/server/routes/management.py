@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.server.errors import Unauthorized, Unavailable
+from shoal.server.errors import Unavailable
 from shoal.server.registry import ModelEntry, State
+from shoal.server.routes.auth import require_token
 from shoal.server.routes.common import json_response, runtime_of
 from shoal.server.schemas import ModelInfo, ModelList
 
-
-def require_token(request: Request) -> None:
-    token = runtime_of(request).settings.token
-    if not token:
-        return
-    given = request.headers.get("authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-        raise Unauthorized("this route needs the header Authorization: Bearer <token> (the server's --token)")
-
-
 router = APIRouter(prefix="/models", tags=["management"], dependencies=[Depends(require_token)])
+
+
+UNLOAD_DOC = """Unloads, does not delete: the model's weights leave memory (state `unloaded`), but the model stays in
+this server's catalog, `GET /models` still lists it, and the next request for it loads it again. Nothing is
+removed from the model store (`shoal models rm` does that). 409 while the model has requests in flight.
+The same as `POST /v2/repository/models/{model_id}/unload`."""
 
 
 def info(e: ModelEntry) -> dict:
@@ -57,8 +51,8 @@ async def load_model(model_id: str, request: Request) -> Response:
     return json_response(info(e))
 
 
-@router.delete("/{model_id}", summary="Unload a model (409 while it has requests in flight)",
-               response_model=ModelInfo)
+@router.delete("/{model_id}", summary="Unload a model: free its memory; it stays served and listed",
+               operation_id="unload_model", response_model=ModelInfo, description=UNLOAD_DOC)
 async def unload_model(model_id: str, request: Request) -> Response:
     reg = runtime_of(request).registry
     e = await reg.entry(model_id)
