@@ -10,11 +10,13 @@ import re
 
 from shoal.errors import UsageError
 
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# the same rule as a pattern for OpenAPI (ECMA-262 regex, as JSON Schema reads it)
+MODEL_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def is_valid_model_id(model_id: str) -> bool:
-    return bool(_MODEL_ID.match(model_id)) and ".." not in model_id
+    return bool(_MODEL_ID.fullmatch(model_id)) and ".." not in model_id  # fullmatch: no trailing newline
 
 
 def check_model_id(model_id: str) -> str:

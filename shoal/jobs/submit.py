@@ -173,7 +173,9 @@ class Intake:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f"body is not valid JSON: {getattr(exc, 'msg', 'not UTF-8')}") from None
-        if isinstance(body, dict) and "input_location" in body:
+        if not isinstance(body, dict):  # checked here too: the model may not be loaded to parse it
+            raise Unprocessable(f"body must be a JSON object, got {type(body).__name__}")
+        if "input_location" in body:
             return await self._reference(body)
         if handler is not None:
             handler.parse(body)  # 422 naming the field, exactly as the synchronous route would

@@ -10,11 +10,13 @@ from fastapi import FastAPI
 
 from shoal.jobs.service import AsyncService
 from shoal.server.errors import install_error_handlers
+from shoal.server.openapi import install_openapi
 from shoal.server.routes import async_jobs, include_routes
 from shoal.server.runtime import Runtime
 
-DESCRIPTION = """Many models per process. Native `POST /predictions/{model_id}`, KServe v2 under `/v2`,
-SageMaker `POST /invocations`, model control under `/models`, Prometheus `/metrics`."""
+DESCRIPTION = """Many models per process. Native `POST /predictions/{model_id}`, KServe v2 under `/v2` (with
+Triton's binary tensor data and model repository extensions), SageMaker `POST /invocations`, model control
+under `/models`, Prometheus `/metrics`. Every error is `{"error": "...", "code": "..."}`."""
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -37,4 +39,5 @@ def create_app(runtime: Runtime) -> FastAPI:
     install_error_handlers(app)
     include_routes(app)
     app.include_router(async_jobs.router)
+    install_openapi(app)
     return app

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from shoal.errors import ShoalError
 
@@ -92,6 +93,16 @@ def _field_path(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (a path can have several routes, e.g. a hot path)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map ApiError, FastAPI validation errors and unknown routes to the one JSON error shape."""
 
@@ -107,7 +118,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         message = "no such route: see /docs for the API" if exc.status_code == 404 else str(exc.detail)
-        return error_response(exc.status_code, "http_error", message, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return error_response(exc.status_code, "http_error", message, headers)
 
     async def on_shoal_error(request: Request, exc: Exception) -> Response:
         return error_response(503, "store_error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__,

@@ -139,12 +139,12 @@ class Runtime:
         if header is None:
             return limit
         try:
-            asked = float(header) / 1000.0
+            asked_ms = float(header)
         except ValueError:
             raise BadRequest("header X-Request-Timeout-Ms must be a number of milliseconds") from None
-        if not asked > 0:  # also refuses "nan"
+        if not asked_ms > 0:  # also refuses "nan"
             raise BadRequest("header X-Request-Timeout-Ms must be positive")
-        return min(asked, limit)
+        return max(min(asked_ms / 1000.0, limit), 1e-6)  # a positive value too small for a float still times out
 
     async def infer(self, model_id: str, body: Any, *, parse: str = "json", encode: bool = True,
                     received: float | None = None, timeout_s: float | None = None) -> Outcome:

@@ -58,7 +58,13 @@ V2_DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", 
                 "FP64", "BF16", "BYTES")
 
 
-class V2Tensor(_Strict):
+class _StrictTypes(_Strict):
+    """No coercion either ("3" is not a dimension): the v2 protocol's JSON is typed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class V2Tensor(_StrictTypes):
     name: str
     shape: list[Annotated[int, Field(ge=0)]]
     datatype: Literal[V2_DATATYPES]  # type: ignore[valid-type]
@@ -68,13 +74,13 @@ class V2Tensor(_Strict):
                                               "binary data after the JSON (Triton's binary tensor data extension)")
 
 
-class V2RequestedOutput(_Strict):
+class V2RequestedOutput(_StrictTypes):
     name: str
     parameters: dict[str, Any] | None = Field(None, description="binary_data: true to get this output as raw "
                                               "bytes after the JSON header")
 
 
-class V2InferRequest(_Strict):
+class V2InferRequest(_StrictTypes):
     id: str | None = None
     parameters: dict[str, Any] | None = Field(None, description="binary_data_output: true to get every output "
                                               "as raw bytes after the JSON header")

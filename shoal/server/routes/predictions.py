@@ -32,8 +32,16 @@ router.post("/predictions/{model_id}", summary="Predict with one model", respons
             openapi_extra=PREDICTION_BODY)(predict)
 
 
-@router.get("/predictions/{model_id}", summary="Predict from query parameters (seq_0, seq_1)",
-            response_model=PredictionResponse)
+QUERY_DOC = {"parameters": [
+    {"name": "seq_0", "in": "query", "required": True, "schema": {"type": "string"},
+     "description": "the text (question-answering: the question)"},
+    {"name": "seq_1", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "the second sequence of a sentence pair (question-answering: the context, required)"},
+]}
+
+
+@router.get("/predictions/{model_id}", summary="Predict from query parameters (seq_0, seq_1; text models)",
+            response_model=PredictionResponse, openapi_extra=QUERY_DOC)
 async def predict_query(model_id: str, request: Request) -> Response:
     received = time.perf_counter()
     rt = runtime_of(request)

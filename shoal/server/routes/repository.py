@@ -30,12 +30,12 @@ TRITON_STATE = {State.READY: "READY", State.LOADING: "LOADING", State.UNLOADED: 
 
 
 class IndexRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     ready: bool = Field(False, description="true: list only the models ready for inference")
 
 
 class ControlRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     parameters: dict[str, Any] | None = Field(None, description="unload_dependents is accepted (shoal models "
                                               "have none); config and file: overrides are refused")
 
