@@ -170,3 +170,23 @@ def test_repository_ready_filter(server: ServerProcess, client: triton.Inference
         ready = c.post("/v2/repository/index", json={"ready": True}).json()
         assert "tiny-qa" in {m["name"] for m in ready} and {m["state"] for m in ready} == {"READY"}
         assert c.get("/v2/repository/index").status_code == 200
+
+
+@pytest.mark.parametrize("header, size, tail, status, words", [
+    ("12", 9, b"", 400, "not valid JSON"),  # the length cuts the JSON header short
+    ("abc", 9, b"", 400, "must be a number"),
+    (None, 9, b"\x05\x00\x00\x00hello", 400, "Inference-Header-Content-Length"),  # binary data, no header
+    ("LEN", 9, b"\x05\x00\x00\x00hell", 400, "runs past the 8 bytes"),  # binary_data_size over the data
+    ("LEN", 8, b"\x05\x00\x00\x00hell", 422, "runs past the end"),  # a BYTES element longer than its data
+    ("LEN", 9, b"\x05\x00\x00\x00hello!", 400, "belong to no input"),
+])
+def test_bad_binary_framing_is_a_clear_4xx(server: ServerProcess, header: str | None, size: int, tail: bytes,
+                                           status: int, words: str) -> None:
+    head = ('{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":%d}}]}'
+            % size).encode()
+    headers = {} if header is None else {"Inference-Header-Content-Length": str(len(head)) if header == "LEN"
+                                         else header}
+    with server.client() as c:
+        resp = c.post("/v2/models/tiny-cls/infer", content=head + tail, headers=headers)
+        assert resp.status_code == status and words in resp.json()["error"], resp.text
+        assert c.post("/predictions/tiny-cls", json={"text": "still serving"}).status_code == 200

@@ -93,14 +93,16 @@ def _field_path(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
+METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
 def allowed_methods(request: Request) -> str:
-    """Every method some route serves at this path (a path can have several routes, e.g. a hot path)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return ", ".join(sorted(methods))
+    """Every method some route serves at this path: Starlette names only the first matching route's,
+    and a path can have several routes (a hot path beside its documented twin)."""
+    routes = request.app.router.routes
+    allowed = [m for m in METHODS
+               if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)]
+    return ", ".join(allowed)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -66,6 +66,7 @@ OPERATION_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/models"): (401,),
     ("get", "/models/{model_id}"): (401, *_MODEL),
     ("post", "/models/{model_id}/load"): (401, *_MODEL),
+    ("post", "/models/{model_id}/unload"): (401, *_MODEL, 409),
     ("delete", "/models/{model_id}"): (401, *_MODEL, 409),
     ("post", "/async/predictions/{model_id}"): tuple(sorted({*_MODEL, *_BODY, 415})),
     ("get", "/async/jobs/{job_id}"): (404, 503),

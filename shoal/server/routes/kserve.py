@@ -9,12 +9,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 import shoal
-from shoal.server.body import read_bytes, read_json
+from shoal.server.body import read_bytes
+from shoal.server.errors import BadRequest
 from shoal.server.handlers import v2_metadata
 from shoal.server.registry import State
 from shoal.server.routes.common import hot_path, json_response, runtime_of, timeout_of
 from shoal.server.schemas import V2InferRequest, body_schema
-from shoal.server.v2_codec import decode_request, encode_response, parse_json_length, request_from_json
+from shoal.server.v2_codec import decode_request, encode_response, parse_json_length
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
@@ -71,12 +72,10 @@ async def infer(model_id: str, request: Request) -> Response:
     received = time.perf_counter()
     rt = runtime_of(request)
     cap = rt.settings.max_body_bytes
-    header = request.headers.get(JSON_LENGTH_HEADER)
-    if header is None:
-        req = request_from_json(await read_json(request, cap))
-    else:
-        body = await read_bytes(request, cap)
-        req = decode_request(body, parse_json_length(header, len(body)))
+    body = await read_bytes(request, cap)
+    if not body:
+        raise BadRequest("request body is empty: send a v2 infer request, {\"inputs\": [...]}")
+    req = decode_request(body, parse_json_length(request.headers.get(JSON_LENGTH_HEADER), len(body)))
     out = await rt.infer(model_id, req, parse="v2", encode=False, received=received,
                          timeout_s=timeout_of(rt, request))
     head = {"model_name": model_id, "model_version": "1", **({"id": req.id} if req.id is not None else {}),

@@ -1,4 +1,4 @@
-"""Model control: list, load, unload. Guarded by ``Authorization: Bearer`` when a token is configured."""
+"""Model control: list, load, unload (``DELETE`` kept as an alias that unloads). Guarded by ``Authorization: Bearer`` when a token is configured."""
 
 from __future__ import annotations
 
@@ -51,10 +51,16 @@ async def load_model(model_id: str, request: Request) -> Response:
     return json_response(info(e))
 
 
-@router.delete("/{model_id}", summary="Unload a model: free its memory; it stays served and listed",
-               operation_id="unload_model", response_model=ModelInfo, description=UNLOAD_DOC)
+@router.post("/{model_id}/unload", summary="Unload a model: free its memory; it stays served and listed",
+             operation_id="unload_model", response_model=ModelInfo, description=UNLOAD_DOC)
 async def unload_model(model_id: str, request: Request) -> Response:
     reg = runtime_of(request).registry
     e = await reg.entry(model_id)
     reg.evict(e)
     return json_response(info(e))
+
+
+router.delete("/{model_id}", summary="Deprecated alias of POST /models/{model_id}/unload: unloads, does not delete",
+              operation_id="unload_model_via_delete", response_model=ModelInfo, deprecated=True,
+              description=UNLOAD_DOC + "\n\nDeprecated: a DELETE promises the resource is gone, and it is not "
+              "(`GET /models/{model_id}` still answers 200). Kept for existing clients.")(unload_model)
