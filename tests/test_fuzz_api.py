@@ -1,14 +1,19 @@
-"""Schemathesis against the server's own OpenAPI, over a real uvicorn process: no 5xx, no crash.
+"""Schemathesis against the server's own OpenAPI, over a real uvicorn process: every check, no crash.
 
 Every operation of ``/openapi.json`` gets positive (schema-valid) and negative
-(schema-violating) cases. Path parameters are drawn from the models really served
-(good, failed, crafted) as well as from the schema, so the fuzzer reaches handlers
-and not only the 404 branch. The only 5xx allowed are the deliberate ones, each with
-its JSON ``code``: 503 ``unavailable`` (a model that failed to load, the job queue
-down), 503 ``"ready": false`` from the readiness probes, and 504 ``deadline_exceeded`` (docs/RELIABILITY.md lists them).
+(schema-violating) cases, and every response goes through all of schemathesis's checks:
+status, content type, headers and body conform to the document, negative data is
+rejected, positive data accepted, auth enforced (CHECKS_CONFIG says where the document
+cannot). Path parameters are drawn from the models really served (good, failed,
+crafted) as well as from the schema, so the fuzzer reaches handlers and not only the
+404 branch. The only 5xx allowed are the deliberate ones, each with its JSON ``code``:
+503 ``unavailable`` (a model that failed to load, the job queue down), 503 ``"ready":
+false`` from the readiness probes, and 504 ``deadline_exceeded`` (docs/RELIABILITY.md
+lists them). A second test runs the ``schemathesis run --checks all`` command line with
+its coverage (undeclared methods, missing headers, boundaries) and stateful phases.
 
 ``SHOAL_FUZZ_EXAMPLES`` sets the cases per operation and mode (default 70: about
-1,130 cases in all; the long run uses 300).
+2,500 cases in all; the long run uses 300).
 """
 
 from __future__ import annotations
@@ -175,7 +180,7 @@ def test_schemathesis_cli_every_check_every_phase(server: ServerProcess, tmp_pat
            f"{server.url}/openapi.json", "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
            "--max-examples", str(max(5, EXAMPLES // 7)), "--seed", "1", "-H", f"Authorization: Bearer {TOKEN}",
            "--request-timeout", "30", "--suppress-health-check", "all", "--exclude-deprecated"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)  # its cache stays there
     tail = run.stdout[-6000:]
     assert run.returncode == 0, tail
     assert "passed" in tail and server.proc is not None and server.proc.poll() is None
