@@ -45,6 +45,8 @@ class Settings(ShoalSettingsBase):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    grpc_port: int | None = Field(None, description="KServe v2 gRPC port beside HTTP (off unless set; 0 picks a "
+                                                    "free one)")
     device: str = "cpu"
     threads: int | None = Field(None, description="torch intra-op threads (default: all cores of the slice)")
     executors: int | None = Field(None, description="forward-pass executor threads per device (default: one "

@@ -25,10 +25,17 @@ def create_app(runtime: Runtime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(runtime.start())
+        grpc = None
+        if runtime.settings.grpc_port is not None:  # KServe v2 gRPC on the same loop and runtime
+            from shoal.server.grpc.server import start_grpc
+
+            grpc = await start_grpc(runtime)
         await jobs.start()
         try:
             yield
         finally:
+            if grpc is not None:
+                await grpc.stop()  # lets calls in flight finish while the runtime still runs
             await jobs.stop()  # drains async workers before the executors go away
             task.cancel()
             runtime.shutdown()

@@ -17,6 +17,8 @@ def serve(
     device: Annotated[Optional[str], typer.Option(help="cpu | cpu:A-B | cuda:N | neuron:A-B")] = None,
     host: Annotated[Optional[str], typer.Option(help="address to bind (default 127.0.0.1)")] = None,
     port: Annotated[Optional[int], typer.Option(help="port (default 8080; 0 picks a free one)")] = None,
+    grpc_port: Annotated[Optional[int], typer.Option(help="also serve KServe v2 gRPC on this port (off by default; "
+                                                          "0 picks a free one)")] = None,
     executors: Annotated[Optional[int], typer.Option(help="forward-pass threads on the device (default: one per core on CPU)")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads per executor (default: cores / "
                                                         "executors, so 1 by default on CPU)")] = None,
@@ -68,8 +70,8 @@ def serve(
         check_model_id(model_id)
     if catalog is not None:
         catalog = list(dict.fromkeys(catalog))
-    settings = load_settings(store=store, device=device, host=host, port=port, executors=executors,
-                             threads=threads, memory_budget=memory_budget, preload=preload,
+    settings = load_settings(store=store, device=device, host=host, port=port, grpc_port=grpc_port,
+                             executors=executors, threads=threads, memory_budget=memory_budget, preload=preload,
                              disk_budget=disk_budget, max_load_wait_s=max_load_wait,
                              max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, batch_fairness=batch_fairness,
                              prefetch_batches=prefetch_batches, request_timeout_s=request_timeout, token=token)
@@ -96,6 +98,10 @@ def _check(settings: "object") -> None:
         raise UsageError("--executors and --threads must be at least 1")
     if not 0 <= settings.port <= 65535:
         raise UsageError(f"--port {settings.port}: must be between 0 and 65535")
+    if settings.grpc_port is not None and not 0 <= settings.grpc_port <= 65535:
+        raise UsageError(f"--grpc-port {settings.grpc_port}: must be between 0 and 65535")
+    if settings.grpc_port and settings.grpc_port == settings.port:
+        raise UsageError(f"--grpc-port {settings.grpc_port} is the HTTP --port too: give gRPC its own port")
     if settings.max_batch_size is not None and settings.max_batch_size < 1:
         raise UsageError("--max-batch-size must be at least 1")
     if settings.request_timeout_s <= 0:

@@ -62,6 +62,10 @@ def run(settings: Settings, device: Device, catalog: list[str] | None, log_level
     # (default 5 ms) bounds how long a finished forward waits for the GIL.
     sys.setswitchinterval(0.001)
     sock = bind_socket(settings.host, settings.port)
+    if settings.grpc_port is not None:
+        from shoal.server.grpc.server import check_port_free
+
+        check_port_free(settings.host, settings.grpc_port)  # bound for real when the app starts
     runtime = Runtime(settings, device, catalog)
     app = create_app(runtime)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
