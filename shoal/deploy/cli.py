@@ -59,6 +59,8 @@ def kubernetes(
                                                      "172.20.0.10)")] = "10.100.0.10",
     local_dns_ip: Annotated[str, typer.Option(help="link-local IP of the node DNS cache")] = "169.254.20.10",
     service_monitor: Annotated[bool, typer.Option(help="also render a Prometheus Operator ServiceMonitor")] = False,
+    dashboards: Annotated[bool, typer.Option(help="also render the Grafana dashboard (ConfigMap for Grafana's "
+                                                  "sidecar) and the alert rules (PrometheusRule)")] = False,
     prometheus_url: Annotated[str, typer.Option(help="Prometheus that prometheus-adapter queries")] =
         "http://prometheus-server.monitoring.svc",
     role_arn: Annotated[Optional[str], typer.Option(help="IAM role for the servers' ServiceAccount (IRSA)")] = None,
@@ -88,7 +90,7 @@ def kubernetes(
         min_replicas=min_replicas, max_replicas=max_replicas, target_utilization=target_utilization,
         gpu_slices=gpu_slices, neuron_resource=neuron_resource, ingress=ingress, ingress_class=ingress_class,
         ingress_host=ingress_host, dns_cache=dns_cache, cluster_dns_ip=cluster_dns_ip, local_dns_ip=local_dns_ip,
-        service_monitor=service_monitor, prometheus_url=prometheus_url, role_arn=role_arn,
+        service_monitor=service_monitor, dashboards=dashboards, prometheus_url=prometheus_url, role_arn=role_arn,
         s3_endpoint_url=s3_endpoint_url or settings.s3_endpoint_url,
         request_timeout_s=max(1, int(settings.request_timeout_s)))
     async_opts = None

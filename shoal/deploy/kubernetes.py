@@ -7,6 +7,7 @@ Layout of the output folder (``kubectl apply -f DIR`` applies the top level in o
     00-namespace.yaml        Namespace, ServiceAccount
     01-routing.yaml          ConfigMap shoal-routing (model id -> server URL)
     02-monitoring.yaml       ServiceMonitor (with --service-monitor)
+    03-dashboards.yaml       Grafana dashboard ConfigMap, PrometheusRule alerts (with --dashboards)
     10-server-<name>.yaml    per server: plan ConfigMap, Deployment, Service, HPA, PDB [, Ingress]
     addons/*.yaml            kube-system: NodeLocal DNSCache, NVIDIA / Neuron device plugins
     helm/prometheus-adapter-values.yaml
@@ -103,6 +104,10 @@ def render(plan: Plan, opts: KubeOptions, catalog_path: Path | None = None,
     out.manifests["01-routing.yaml"] = [routing_configmap(plan, opts, pid)]
     if opts.service_monitor:
         out.manifests["02-monitoring.yaml"] = [service_monitor(opts, pid)]
+    if opts.dashboards:
+        from shoal.deploy.kubernetes_dashboards import dashboard_docs  # imports Grafana's SDK: only when asked
+
+        out.manifests["03-dashboards.yaml"] = dashboard_docs(opts, pid)
     for sizing in sizings:
         out.manifests[f"10-server-{sizing.server.name}.yaml"] = _server_docs(plan, sizing, opts, pid)
     if async_opts is not None:  # queued inference: KEDA scales these servers, down to zero

@@ -43,6 +43,7 @@ class KubeOptions:
     local_dns_ip: str = "169.254.20.10"
     cluster_domain: str = "cluster.local"
     service_monitor: bool = False
+    dashboards: bool = False  # Grafana dashboard ConfigMap + PrometheusRule (03-dashboards.yaml)
     prometheus_url: str = "http://prometheus-server.monitoring.svc"
     role_arn: str | None = None
     s3_endpoint_url: str | None = None
