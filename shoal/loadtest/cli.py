@@ -55,6 +55,9 @@ def loadtest(
     capacity: Annotated[Optional[float], typer.Option(help="req/s that % rates in a scenario refer to")] = None,
     seed: Annotated[int, typer.Option(help="seed of model choice, payload order and arrivals")] = 0,
     progress: Annotated[bool, typer.Option(help="live status line on a terminal")] = True,
+    protocol: Annotated[str, typer.Option(help="native (POST /predictions) | v2 (KServe v2 over HTTP) | grpc "
+                                               "(KServe v2 gRPC; --target grpc://HOST:PORT): the same payloads "
+                                               "over each")] = "native",
     video: Annotated[bool, typer.Option("--video", help="cameras sending JPEG frames at --fps to detector models "
                                                         "(see shoal/loadtest/video.py)")] = False,
     cameras: Annotated[Optional[int], typer.Option(help="video: cameras (default: one per detector model)")] = None,
@@ -102,7 +105,7 @@ def loadtest(
         requests=requests, warmup=warmup, models=models, payload=payload, dns_cache=dns_cache, single=single,
         workers=workers, timeout=timeout, max_error_rate=max_error_rate, json_path=json_path, ceiling=ceiling,
         ceiling_seconds=ceiling_seconds, price_per_hour=price_per_hour, instance_type=instance_type, fps=fps,
-        capacity=capacity, seed=seed, progress=progress)
+        capacity=capacity, seed=seed, progress=progress, protocol=protocol)
     outcome = run_loadtest(opts, console)
     if not outcome.passed:
         ov = outcome.result.overall

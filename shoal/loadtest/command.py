@@ -18,6 +18,7 @@ from shoal.errors import ShoalError, UsageError
 from shoal.loadtest import cost as costmod
 from shoal.loadtest.engine import LoadSpec, Stage
 from shoal.loadtest.payload import load_payloads
+from shoal.loadtest.protocols import PATHS, check_protocol
 from shoal.loadtest.report import LiveProgress, build_document, print_report, write_json
 from shoal.loadtest.runner import RunResult, run_load, self_test
 from shoal.loadtest.scenario import Scenario, load_scenario, parse_duration, parse_rate
@@ -60,6 +61,7 @@ class LoadtestOptions:
     capacity: float | None = None
     seed: int = 0
     progress: bool = True
+    protocol: str = "native"  # native | v2 | grpc
     extra_meta: dict = field(default_factory=dict)
 
 
@@ -87,7 +89,14 @@ def machine_info() -> dict:
 def _routes(o: LoadtestOptions) -> Routes:
     if bool(o.target) == bool(o.plan):
         raise UsageError("give exactly one of --target URL or --plan plan.json")
-    if o.plan:
+    if o.protocol == "grpc":
+        if o.plan:
+            raise UsageError("--protocol grpc runs against one server: --target grpc://HOST:PORT (a plan "
+                             "names only HTTP ports)")
+        from shoal.loadtest.grpc_client import grpc_routes
+
+        routes = grpc_routes(o.target, o.model_ids)  # type: ignore[arg-type]
+    elif o.plan:
         routes = routes_from_plan(o.plan, o.model_ids, o.base_url_template, o.host, o.namespace)
         for server in sorted({routes.model_server[m] for m in routes.models}):
             check_reachable(routes.endpoints[server])
@@ -120,7 +129,8 @@ def _spec(o: LoadtestOptions, sc: Scenario, routes: Routes, console: Console) ->
         clients=clients or 40, duration_s=duration, requests=requests,
         warmup_s=parse_duration(warm, "--warmup") if warm is not None else 0.0,
         models=o.models or sc.models or "random",
-        timeout_s=parse_duration(o.timeout or sc.timeout or 30.0, "--timeout"), seed=o.seed, single=o.single)
+        timeout_s=parse_duration(o.timeout or sc.timeout or 30.0, "--timeout"), seed=o.seed, single=o.single,
+        protocol=o.protocol, path_template=PATHS[o.protocol])
     if spec.clients < 1:
         raise UsageError("--clients must be at least 1")
     if o.single:
@@ -155,7 +165,8 @@ def _stage_label(rate: str | float, capacity: float | None) -> str:
 
 def _measure_capacity(routes: Routes, o: LoadtestOptions, sc: Scenario, console: Console) -> float:
     probe = LoadSpec(clients=sc.capacity_probe.clients, duration_s=parse_duration(sc.capacity_probe.duration),
-                     warmup_s=1.0, models=o.models or sc.models or "random", seed=o.seed + 1)
+                     warmup_s=1.0, models=o.models or sc.models or "random", seed=o.seed + 1, protocol=o.protocol,
+                     path_template=PATHS[o.protocol])
     console.print(f"measuring capacity: {probe.clients} clients for {probe.duration_s:g}s", highlight=False)
     rec = run_load(routes, o.payload or sc.payload or "builtin", probe, o.workers or sc.workers or 1).overall
     if rec.throughput <= 0:
@@ -169,6 +180,8 @@ def _measure_capacity(routes: Routes, o: LoadtestOptions, sc: Scenario, console:
 def _ceiling(o: LoadtestOptions, spec: LoadSpec, workers: int, console: Console) -> dict | None:
     if o.ceiling == "off" or (spec.single and o.ceiling == "auto"):
         return None  # one request at a time measures latency, never the generator's rate
+    if o.ceiling == "auto" and spec.protocol == "grpc":
+        return None  # the self-test measures the HTTP client; _warnings says so
     if o.ceiling != "auto":
         try:
             return {"rps": float(o.ceiling), "method": "given with --ceiling"}
@@ -196,6 +209,9 @@ def _warnings(spec: LoadSpec, overall: Recorder, stages: list[Recorder], ceiling
                    "latencies include that lag")
     if sc.expect_models and len(routes.models) < sc.expect_models:
         out.append(f"the scenario expects {sc.expect_models} models but the target offers {len(routes.models)}")
+    if spec.protocol == "grpc" and not spec.single and ceiling is None:
+        out.append("the generator's ceiling is measured for the HTTP client only: with --protocol grpc, check "
+                   "with --workers 2 that the rate does not rise (if it does, the client was the limit)")
     if overall.error_count:
         out.append(f"{overall.error_count:,} of {overall.total:,} requests failed ({overall.error_rate:.2%})")
     return out
@@ -219,13 +235,14 @@ def run_loadtest(o: LoadtestOptions, console: Console | None = None, out: Consol
     if o.workers is not None and o.workers < 1:
         raise UsageError("--workers must be at least 1")
     workers = o.workers or sc.workers or 1
+    check_protocol(o.protocol)
     payload = o.payload or sc.payload or "builtin"
     load_payloads(payload)  # a bad payload file fails before anything runs
     routes = _routes(o)
     spec, shape = _spec(o, sc, routes, console)
     ceiling = _ceiling(o, spec, workers, console)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    console.print(f"load test: {shape}, {len(routes.models)} model(s) ({spec.models}), "
+    console.print(f"load test: {shape}, {spec.protocol} protocol, {len(routes.models)} model(s) ({spec.models}), "
                   f"{len(routes.endpoints)} server(s), {workers} worker(s)", highlight=False)
     with LiveProgress(console, o.progress) as live:
         result = run_load(routes, payload, spec, workers, live)
@@ -239,6 +256,7 @@ def run_loadtest(o: LoadtestOptions, console: Console | None = None, out: Consol
         sc.max_error_rate if sc.max_error_rate is not None else 0.01)
     meta = {
         "tool": "shoal loadtest", "started_at": started, "scenario": sc.name or None,
+        "protocol": spec.protocol,
         "mode": "single" if spec.single else ("open" if spec.open_loop else "closed"), "shape": shape,
         "clients": None if spec.open_loop or spec.single else spec.clients,
         "rate_rps": [s.rate for s in spec.stages] or None, "warmup_s": spec.warmup_s,

@@ -11,12 +11,16 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Union
 
 from shoal.loadtest.http import Connection, Endpoint, HttpError
 from shoal.loadtest.payload import Payloads
+from shoal.loadtest.protocols import encode, grpc_model_prefix
 from shoal.loadtest.stats import Recorder
 from shoal.loadtest.targets import ModelChooser, Routes
+
+if TYPE_CHECKING:
+    from shoal.loadtest.grpc_client import GrpcConnection
 
 now = time.perf_counter  # CLOCK_MONOTONIC on Linux: comparable across worker processes
 
@@ -45,6 +49,7 @@ class LoadSpec:
     single: str | None = None  # sequential | random
     method: str = "POST"
     path_template: str = "/predictions/{model}"
+    protocol: str = "native"  # native | v2 | grpc (shoal/loadtest/protocols.py)
 
     @property
     def open_loop(self) -> bool:
@@ -52,6 +57,16 @@ class LoadSpec:
 
 
 Progress = Callable[[str, int, int], None]  # (phase, ok, errors)
+AnyConnection = Union[Connection, "GrpcConnection"]
+
+
+def open_connection(endpoint: Endpoint, spec: LoadSpec) -> AnyConnection:
+    """A keep-alive HTTP connection, or a gRPC call handle on the process's channel to ``endpoint``."""
+    if spec.protocol == "grpc":
+        from shoal.loadtest.grpc_client import GrpcConnection
+
+        return GrpcConnection(endpoint, spec.timeout_s)
+    return Connection(endpoint, spec.timeout_s)
 
 
 class Requester:
@@ -62,9 +77,15 @@ class Requester:
         self.spec = spec
         self.bodies: dict[str, list[bytes]] = {}
         self.paths: dict[str, str] = {}
+        encoded: dict[str | None, list[bytes]] = {}  # per task: every model of a task shares one pool
         for m in routes.models:
-            self.bodies[m] = payloads.bodies(routes.tasks.get(m)) if payloads else []
+            task = routes.tasks.get(m)
+            if payloads and task not in encoded:
+                encoded[task] = encode(spec.protocol, payloads.bodies(task))
+            self.bodies[m] = encoded[task] if payloads else []
             self.paths[m] = spec.path_template.format(model=m)
+        # gRPC: the serialized model_name field, prepended to the shared pool body at send time
+        self.prefix = {m: grpc_model_prefix(m) for m in routes.models} if spec.protocol == "grpc" else {}
         self.counter = 0
         self.live_ok = 0
         self.live_err = 0
@@ -76,9 +97,12 @@ class Requester:
         self.counter += 1
         return bodies[self.counter % len(bodies)]
 
-    async def send(self, conn: Connection, model: str, start: float, rec: Recorder | None) -> None:
+    async def send(self, conn: AnyConnection, model: str, start: float, rec: Recorder | None) -> None:
+        body = self.body(model)
+        if self.prefix and body is not None:
+            body = self.prefix[model] + body
         try:
-            resp = await conn.request(self.spec.method, self.paths[model], self.body(model))
+            resp = await conn.request(self.spec.method, self.paths[model], body)
         except HttpError as exc:
             self.live_err += 1
             if rec is not None:
@@ -116,7 +140,7 @@ async def run_closed(routes: Routes, payloads: Payloads | None, spec: LoadSpec, 
     async def client(i: int) -> None:
         chooser = ModelChooser(spec.models, routes.models, seed=spec.seed * 1000 + client_offset + i,
                                offset=client_offset + i)
-        conns: dict[str, Connection] = {}
+        conns: dict[str, AnyConnection] = {}
         try:
             while True:
                 start = now()
@@ -131,7 +155,7 @@ async def run_closed(routes: Routes, payloads: Payloads | None, spec: LoadSpec, 
                 server = routes.model_server[model]
                 conn = conns.get(server)
                 if conn is None:
-                    conn = conns[server] = Connection(routes.endpoints[server], spec.timeout_s)
+                    conn = conns[server] = open_connection(routes.endpoints[server], spec)
                 await req.send(conn, model, start, rec if measuring else None)
         finally:
             for c in conns.values():
@@ -152,19 +176,19 @@ async def run_closed(routes: Routes, payloads: Payloads | None, spec: LoadSpec, 
 class _Pool:
     """Idle connections per server for the open loop; opens more up to a cap."""
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float, cap: int) -> None:
-        self.endpoint, self.timeout_s, self.cap = endpoint, timeout_s, cap
-        self.idle: list[Connection] = []
+    def __init__(self, endpoint: Endpoint, spec: LoadSpec, cap: int) -> None:
+        self.endpoint, self.spec, self.cap = endpoint, spec, cap
+        self.idle: list[AnyConnection] = []
         self.opened = 0
         self.waiting = 0
         self.free = asyncio.Condition()
 
-    async def get(self) -> Connection:
+    async def get(self) -> AnyConnection:
         if self.idle:
             return self.idle.pop()
         if self.opened < self.cap:
             self.opened += 1
-            return Connection(self.endpoint, self.timeout_s)
+            return open_connection(self.endpoint, self.spec)
         async with self.free:
             self.waiting += 1
             try:
@@ -174,7 +198,7 @@ class _Pool:
                 self.waiting -= 1
             return self.idle.pop()
 
-    async def put(self, conn: Connection) -> None:
+    async def put(self, conn: AnyConnection) -> None:
         self.idle.append(conn)
         if self.waiting:  # notify only when someone waits: the common path takes no lock
             async with self.free:
@@ -189,7 +213,7 @@ async def run_open(routes: Routes, payloads: Payloads | None, spec: LoadSpec, t0
                    progress: Progress | None = None, client_offset: int = 0) -> list[Recorder]:
     """Poisson arrivals at each stage's rate; one recorder per stage (warmup is unrecorded)."""
     req = Requester(routes, payloads, spec)
-    pools = {name: _Pool(ep, spec.timeout_s, spec.max_connections) for name, ep in routes.endpoints.items()}
+    pools = {name: _Pool(ep, spec, spec.max_connections) for name, ep in routes.endpoints.items()}
     chooser = ModelChooser(spec.models, routes.models, seed=spec.seed * 1000 + client_offset, offset=client_offset)
     rng = random.Random(spec.seed * 7919 + client_offset)
     stages = list(spec.stages)
@@ -251,13 +275,13 @@ async def run_single(routes: Routes, payloads: Payloads | None, spec: LoadSpec, 
     order = [m for m in routes.models for _ in range(per_model)]
     if spec.single == "random":
         random.Random(spec.seed).shuffle(order)
-    conns: dict[str, Connection] = {}
+    conns: dict[str, AnyConnection] = {}
     ticker = asyncio.create_task(_progress_loop(req, lambda: "measure", progress))
     try:
         for model in order:
             server = routes.model_server[model]
             if server not in conns:
-                conns[server] = Connection(routes.endpoints[server], spec.timeout_s)
+                conns[server] = open_connection(routes.endpoints[server], spec)
             conn = conns[server]
             await req.send(conn, model, now(), rec)
     finally:

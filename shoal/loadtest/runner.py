@@ -54,11 +54,17 @@ def _share(spec: LoadSpec, workers: int, i: int) -> LoadSpec:
 async def _run_here(routes: Routes, payload: str | None, spec: LoadSpec, t0: float,
                     progress: ProgressFn | None, offset: int) -> list[Recorder]:
     payloads = load_payloads(payload, seed=spec.seed) if payload else None
-    if spec.single:
-        return [await run_single(routes, payloads, spec, t0, progress)]
-    if spec.open_loop:
-        return await run_open(routes, payloads, spec, t0, progress, offset)
-    return [await run_closed(routes, payloads, spec, t0, progress, offset)]
+    try:
+        if spec.single:
+            return [await run_single(routes, payloads, spec, t0, progress)]
+        if spec.open_loop:
+            return await run_open(routes, payloads, spec, t0, progress, offset)
+        return [await run_closed(routes, payloads, spec, t0, progress, offset)]
+    finally:
+        if spec.protocol == "grpc":
+            from shoal.loadtest.grpc_client import close_channels
+
+            await close_channels()
 
 
 def _worker(i: int, routes: Routes, payload: str | None, spec: LoadSpec, t0: float, queue: "mp.Queue") -> None:
