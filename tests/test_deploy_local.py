@@ -170,3 +170,23 @@ def test_plan_runs_one_process_per_server(deploy: Deploy, tmp_path: Path) -> Non
     assert status["supervisor_pid"] != first and not pid_alive(first) and all(s["ready"] for s in status["servers"])
     assert deploy("stop", timeout=60).returncode == 0
     assert not any(port_in_use("127.0.0.1", base + i) for i in range(2))
+
+
+def test_servers_offer_grpc_when_asked(deploy: Deploy) -> None:
+    """./deploy.sh --grpc-port G: each server also speaks KServe v2 gRPC (G, G+1, ...) from the same process."""
+    import numpy as np
+    import tritonclient.grpc as tg
+
+    base = free_ports(2)
+    proc = deploy.script("--port", str(base), "--grpc-port", str(base + 1), "--timeout", "90")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"grpc 127.0.0.1:{base + 1}" in proc.stdout
+    with tg.InferenceServerClient(f"127.0.0.1:{base + 1}") as client:
+        assert client.is_server_ready()
+        text = tg.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([TEXT["text"].encode()], dtype=object))
+        label = client.infer("tiny-a", [text]).as_numpy("label")[0].decode()
+    assert label == predict(f"http://127.0.0.1:{base}", "tiny-a")["prediction"]["label"]
+    assert json.loads(deploy("status", "--json").stdout)["servers"][0]["grpc"] == f"127.0.0.1:{base + 1}"
+    assert deploy("stop", timeout=60).returncode == 0
+    assert not port_in_use("127.0.0.1", base + 1)

@@ -38,6 +38,22 @@ def test_workers_split_the_cores_on_consecutive_ports() -> None:
     assert "--models" not in argv  # every model in the store
 
 
+def test_grpc_ports_follow_like_http_ports(tmp_path: Path) -> None:
+    fleet = workers_fleet("file:///s", "0.0.0.0", 9000, 2, cores=4, grpc_port=9100)
+    assert [s.grpc_port for s in fleet.servers] == [9100, 9101]
+    assert [s.grpc_address for s in fleet.servers] == ["127.0.0.1:9100", "127.0.0.1:9101"]
+    argv = fleet.servers[1].argv
+    assert argv[argv.index("--grpc-port") + 1] == "9101"
+    assert "--grpc-port" not in workers_fleet("file:///s", "127.0.0.1", 9000, 1, cores=2).servers[0].argv
+    with pytest.raises(UsageError, match="overlap"):
+        workers_fleet("file:///s", "127.0.0.1", 9000, 2, cores=4, grpc_port=9001)
+    with pytest.raises(UsageError, match="--grpc-port 65535"):
+        workers_fleet("file:///s", "127.0.0.1", 9000, 2, cores=4, grpc_port=65535)
+    plan = make_plan(["cpu:0", "cpu:1"], ports=[7001, 7005])
+    fleet, _ = plan_fleet(plan, tmp_path / "p.json", "file:///s", "127.0.0.1", None, False, cores=2, grpc_port=7100)
+    assert [s.grpc_port for s in fleet.servers] == [7100, 7101]
+
+
 def test_one_worker_uses_the_whole_machine() -> None:
     (server,) = workers_fleet("file:///s", "127.0.0.1", 8080, 1, cores=2).servers
     assert server.device == "cpu" and server.cores is None and server.env["OMP_NUM_THREADS"] == "2"

@@ -38,6 +38,7 @@ class StartOptions:
     workers: int = 1
     models: list[str] | None = None
     port: int | None = None
+    grpc_port: int | None = None  # first gRPC port (KServe v2), one per server like --port
     host: str | None = None
     on_cpu: bool = False
     restart: bool = False
@@ -74,9 +75,10 @@ def build_fleet(settings: Settings, opts: StartOptions, paths: FleetPaths) -> Bu
     store, uri = open_fleet_store(settings)
     ids = set(store.list_ids())
     host = opts.host or settings.host
+    grpc_port = opts.grpc_port if opts.grpc_port is not None else settings.grpc_port
     if opts.plan is not None:
         plan = load_plan(opts.plan)
-        fleet, effective = plan_fleet(plan, paths.plan, uri, host, opts.port, opts.on_cpu)
+        fleet, effective = plan_fleet(plan, paths.plan, uri, host, opts.port, opts.on_cpu, grpc_port=grpc_port)
         wanted = [m for s in plan.servers for m in s.models]
         moved = [s.port for s in plan.servers] != [s.port for s in effective.servers]
         fleet.grace_s, fleet.warm_fork = opts.grace_s, opts.warm_fork
@@ -86,7 +88,8 @@ def build_fleet(settings: Settings, opts: StartOptions, paths: FleetPaths) -> Bu
         _check_models(opts.models, ids, uri)
     elif not ids:
         raise UsageError(f"the store {uri} holds no models: run ./build.sh (or `shoal trace models/*.yaml`) first")
-    fleet = workers_fleet(uri, host, settings.port if opts.port is None else opts.port, opts.workers, opts.models)
+    fleet = workers_fleet(uri, host, settings.port if opts.port is None else opts.port, opts.workers, opts.models,
+                          grpc_port=grpc_port)
     fleet.grace_s, fleet.warm_fork = opts.grace_s, opts.warm_fork
     return BuiltFleet(fleet)
 
@@ -135,9 +138,10 @@ def start(settings: Settings, opts: StartOptions) -> StartResult:
 def launch(paths: FleetPaths, fleet: FleetSpec, plan: Plan | None = None) -> int:
     """Check the ports are free, write the fleet's files, start the supervisor; return its pid."""
     for s in fleet.servers:
-        if port_in_use(s.host, s.port):
-            raise UsageError(f"port {s.port} on {s.host} is already in use by another program (not this fleet): "
-                             "stop it or choose another --port")
+        for port, flag in ((s.port, "--port"), (s.grpc_port, "--grpc-port")):
+            if port is not None and port_in_use(s.host, port):
+                raise UsageError(f"port {port} on {s.host} is already in use by another program (not this fleet): "
+                                 f"stop it or choose another {flag}")
     paths.logs.mkdir(parents=True, exist_ok=True)
     if plan is not None:
         plan.save(paths.plan)
@@ -239,7 +243,7 @@ def status(settings: Settings) -> dict[str, Any]:
     for s in fleet.servers:
         st = state.get(s.name, {})
         servers.append({
-            "name": s.name, "url": s.url, "port": s.port, "device": s.device,
+            "name": s.name, "url": s.url, "port": s.port, "grpc": s.grpc_address, "device": s.device,
             "models": s.models, "pid": st.get("pid"), "state": st.get("state", "stopped"),
             "ready": ready.get(s.name, False), "restarts": st.get("restarts", 0),
             "uptime_s": st.get("uptime_s", 0.0), "last_exit": st.get("last_exit"),

@@ -31,7 +31,8 @@ def _models_text(models: list[str] | None, limit: int = 4) -> str:
 def _print_endpoints(fleet: Any) -> None:
     width = max(len(s.name) for s in fleet.servers)
     for s in fleet.servers:
-        out.print(f"  {s.name:<{width}}  {s.url:<24} {s.device:<9} {_models_text(s.models)}")
+        grpc = f"grpc {s.grpc_address}  " if s.grpc_address else ""
+        out.print(f"  {s.name:<{width}}  {s.url:<24} {grpc}{s.device:<9} {_models_text(s.models)}")
 
 
 def _print_example(settings: Any, fleet: Any) -> None:
@@ -56,6 +57,8 @@ def local(
     models: Annotated[Optional[str], typer.Option(help="without a plan: only these ids (comma-separated)")] = None,
     store: Annotated[Optional[str], typer.Option(help="store URI (default: SHOAL_STORE or file://./store)")] = None,
     port: Annotated[Optional[int], typer.Option(help="first port (default: 8080, or a plan's own ports)")] = None,
+    grpc_port: Annotated[Optional[int], typer.Option(help="also serve KServe v2 gRPC, on this port and the next "
+                                                          "ones (one per server; off by default)")] = None,
     host: Annotated[Optional[str], typer.Option(help="address the servers listen on (default 127.0.0.1)")] = None,
     on_cpu: Annotated[bool, typer.Option("--on-cpu", help="run a GPU/Inferentia plan's servers on CPU slices")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="replace a fleet that is already running")] = False,
@@ -70,8 +73,8 @@ def local(
 
     settings = load_settings(store=store)
     ids = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    opts = StartOptions(plan=plan, workers=workers, models=ids, port=port, host=host, on_cpu=on_cpu,
-                        restart=restart, grace_s=grace, warm_fork=warm_fork)
+    opts = StartOptions(plan=plan, workers=workers, models=ids, port=port, grpc_port=grpc_port, host=host,
+                        on_cpu=on_cpu, restart=restart, grace_s=grace, warm_fork=warm_fork)
     result = start(settings, opts)
     paths = FleetPaths.under(settings.state_dir)
     fleet = result.fleet

@@ -31,6 +31,7 @@ class ServerSpec(BaseModel):
     name: str
     host: str
     port: int
+    grpc_port: int | None = Field(None, description="KServe v2 gRPC port (None: HTTP only)")
     device: str
     models: list[str] | None = Field(None, description="None = every model in the store")
     threads: int | None = None
@@ -47,6 +48,13 @@ class ServerSpec(BaseModel):
     def url(self) -> str:
         host = self.connect_host
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    @property
+    def grpc_address(self) -> str | None:
+        host = self.connect_host
+        if self.grpc_port is None:
+            return None
+        return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
 
 
 class FleetSpec(BaseModel):
@@ -82,10 +90,12 @@ class FleetSpec(BaseModel):
 
 
 def serve_argv(store: str, device: Device, port: int, host: str, models: list[str] | None = None,
-               plan: Path | None = None, server: str | None = None) -> list[str]:
+               plan: Path | None = None, server: str | None = None, grpc_port: int | None = None) -> list[str]:
     """The `shoal serve` command line for one server (same interpreter as this CLI)."""
     argv = [sys.executable, "-m", "shoal.cli", "serve", "--store", store, "--device", str(device),
             "--port", str(port), "--host", host]
+    if grpc_port is not None:
+        argv += ["--grpc-port", str(grpc_port)]
     if plan is not None and server is not None:
         argv += ["--plan", str(plan), "--server", server]
     elif models:
@@ -94,26 +104,40 @@ def serve_argv(store: str, device: Device, port: int, host: str, models: list[st
 
 
 def _server(name: str, store: str, host: str, port: int, device: Device, threads: int | None,
-            models: list[str] | None, plan: Path | None = None) -> ServerSpec:
+            models: list[str] | None, plan: Path | None = None, grpc_port: int | None = None) -> ServerSpec:
     env = process_env(device, threads)
     if threads:
         env["SHOAL_THREADS"] = str(threads)
-    return ServerSpec(name=name, host=host, port=port, device=str(device), models=models, threads=threads,
-                      cores=device.cores, env=env,
-                      argv=serve_argv(store, device, port, host, models, plan, name if plan else None))
+    return ServerSpec(name=name, host=host, port=port, grpc_port=grpc_port, device=str(device), models=models,
+                      threads=threads, cores=device.cores, env=env,
+                      argv=serve_argv(store, device, port, host, models, plan, name if plan else None, grpc_port))
+
+
+def _grpc_ports(grpc_base: int | None, http_ports: list[int]) -> list[int | None]:
+    """gRPC ports base, base+1, ... beside the HTTP ones (None: no gRPC); overlapping ranges are refused."""
+    if grpc_base is None:
+        return [None] * len(http_ports)
+    _check_port_range(grpc_base, len(http_ports), "--grpc-port")
+    ports = [grpc_base + i for i in range(len(http_ports))]
+    if set(ports) & set(http_ports):
+        raise UsageError(f"--grpc-port {grpc_base}: the servers' gRPC ports {ports[0]}..{ports[-1]} overlap their "
+                         f"HTTP ports {min(http_ports)}..{max(http_ports)}")
+    return list(ports)
 
 
 def workers_fleet(store: str, host: str, port: int, workers: int, models: list[str] | None = None,
-                  cores: int | None = None) -> FleetSpec:
-    """K CPU slices on ports P, P+1, ...; each process serves every model (or ``models``)."""
+                  cores: int | None = None, grpc_port: int | None = None) -> FleetSpec:
+    """K CPU slices on ports P, P+1, ... (gRPC on G, G+1, ... when asked); each serves every model (or ``models``)."""
     slices = cpu_slices(workers, cores)
     _check_port_range(port, len(slices))
-    servers = [_server(f"shoal-{i}", store, host, port + i, dev, None, models) for i, dev in enumerate(slices)]
+    grpc = _grpc_ports(grpc_port, [port + i for i in range(len(slices))])
+    servers = [_server(f"shoal-{i}", store, host, port + i, dev, None, models, grpc_port=grpc[i])
+               for i, dev in enumerate(slices)]
     return FleetSpec(store=store, host=host, servers=servers, preload=SERVE_PRELOAD)
 
 
 def plan_fleet(plan: Plan, plan_copy: Path, store: str, host: str, port: int | None, on_cpu: bool,
-               cores: int | None = None) -> tuple[FleetSpec, Plan]:
+               cores: int | None = None, grpc_port: int | None = None) -> tuple[FleetSpec, Plan]:
     """One process per ServerPlan; returns the fleet and the plan as run here (ports possibly moved).
 
     Ports: the plan's own when they are distinct (so `shoal loadtest --plan` routes to them), else
@@ -135,9 +159,10 @@ def plan_fleet(plan: Plan, plan_copy: Path, store: str, host: str, port: int | N
     devices = _plan_devices([s.device for s in plan.servers], on_cpu, total)
     shared_cpu = sum(1 for d in devices if d.kind == "cpu" and d.cores is None)
     servers = []
-    for s, p, dev in zip(plan.servers, ports, devices):
+    grpc = _grpc_ports(grpc_port, ports)
+    for s, p, dev, g in zip(plan.servers, ports, devices, grpc):
         threads = max(1, total // shared_cpu) if dev.kind == "cpu" and dev.cores is None and shared_cpu > 1 else None
-        servers.append(_server(s.name, store, host, p, dev, threads, list(s.models), plan_copy))
+        servers.append(_server(s.name, store, host, p, dev, threads, list(s.models), plan_copy, g))
     effective = plan.model_copy(deep=True)
     for s, p, dev in zip(effective.servers, ports, devices):
         s.port = p
@@ -168,7 +193,7 @@ def device_available(device: Device, total_cores: int) -> bool:
     return Path("/dev/neuron0").exists()  # NeuronCore ranges span devices; the runtime checks the range
 
 
-def _check_port_range(base: int, count: int) -> None:
+def _check_port_range(base: int, count: int, flag: str = "--port") -> None:
     if base < 1 or base + count - 1 > 65535:
-        raise UsageError(f"--port {base}: {count} servers need ports {base}..{base + count - 1}, "
+        raise UsageError(f"{flag} {base}: {count} servers need ports {base}..{base + count - 1}, "
                          "which must lie within 1..65535")
