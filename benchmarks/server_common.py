@@ -39,9 +39,14 @@ class Server:
         self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stderr=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, text=True)
         assert self.proc.stderr
+        self.grpc_target: str | None = None  # host:port when started with --grpc-port
         for line in self.proc.stderr:
             if "listening on " in line:
                 self.url = line.rsplit("listening on ", 1)[1].strip()
+                if "--grpc-port" not in args:
+                    break
+            elif "KServe v2 gRPC at " in line:
+                self.grpc_target = line.rsplit(" at ", 1)[1].strip()
                 break
         else:
             raise RuntimeError(f"server exited: {self.proc.wait()}")
