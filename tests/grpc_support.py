@@ -50,7 +50,7 @@ def mixed_store(root: Path) -> ModelStore:
     shutil.copytree(src, dst)
     manifest = store.read_manifest("tiny-cls").model_copy(update={"id": "broken"})
     (dst / "shoal.json").write_text(manifest.model_dump_json(indent=2))
-    with open(dst / "model.pt", "r+b") as fh:
+    with open(dst / (manifest.weights or manifest.artifact), "r+b") as fh:
         fh.seek(100)
         fh.write(b"corrupted")
     return store
