@@ -72,6 +72,11 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.job }}: {{ $value | humanize }} model evictions per minute",
           "The memory budget is too small for the models in use, so they are evicted and reloaded over and "
           "over. Raise --memory-budget, or re-pack the plan with fewer models per server."),
+    Alert("ShoalRequestsShed",
+          f"sum by ({BY}) (rate(shoal_load_shed_total[10m])) / sum by ({BY}) (rate({REQS}[10m])) > 0.01", "10m",
+          "warning", "{{ $labels.job }}: {{ $value | humanizePercentage }} of requests shed waiting for a swap-in",
+          "Requests for models that are not resident get 503 because no load slot frees up within their wait "
+          "(--max-load-wait): the long tail needs more memory, more load workers, or more servers."),
     Alert("ShoalCacheMisses",
           f"sum by ({BY}) (rate(shoal_model_cache_misses_total[15m])) / "
           f"(sum by ({BY}) (rate(shoal_model_cache_hits_total[15m])) + "

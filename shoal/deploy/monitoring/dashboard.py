@@ -111,8 +111,11 @@ ROWS: tuple[tuple[str, tuple[Graph, ...]], ...] = (
             Query(f"sum by (instance) (process_resident_memory_bytes{{{SEL}}})", "process RSS {{instance}}"))),
         Graph("Loads and evictions", "ops", (
             Query(f"sum by (result) (rate(shoal_model_loads_total{{{SEL}}}[{RATE}]))", "loads {{result}}"),
-            Query(f"sum(rate(shoal_model_evictions_total{{{SEL}}}[{RATE}]))", "evictions")),
+            Query(f"sum(rate(shoal_model_evictions_total{{{SEL}}}[{RATE}]))", "evictions"),
+            Query(f"sum(rate(shoal_load_shed_total{{{SEL}}}[{RATE}]))", "requests shed (no swap-in in time)")),
               "Evictions close to the load rate mean the budget is too small for the working set (thrashing)."),
+        Graph("Swap-ins waiting for a load slot", "short", (
+            Query(f"sum by (instance) (shoal_loads_pending{{{SEL}}})", "{{instance}}"),)),
         Graph("Cache hit ratio per model", "percentunit", (
             Query(f"sum by (model) (rate(shoal_model_cache_hits_total{{{MSEL}}}[{RATE}])) / "
                   f"(sum by (model) (rate(shoal_model_cache_hits_total{{{MSEL}}}[{RATE}])) + "
