@@ -54,7 +54,7 @@ def test_grpc_bodies_are_requests_the_server_reads() -> None:
         assert msg.model_name == "tiny-qa" and len(msg.raw_input_contents) == 2
         decoded = request_from_proto(msg)
         sent = json.loads(native)
-        assert [t.data for t in decoded.inputs] == [[sent["question"].encode()], [sent["context"].encode()]]
+        assert [t.values() for t in decoded.inputs] == [[sent["question"].encode()], [sent["context"].encode()]]
 
 
 @pytest.mark.parametrize("protocol", ["native", "v2", "grpc"])
