@@ -57,7 +57,8 @@ def main() -> None:
     print(json.dumps({"machine": machine()}), flush=True)
     store = open_store(args.store)
     ids = [i for i in store.list_ids() if i.startswith(args.prefix)][: args.count]
-    weights = sum(store.read_manifest(i).files[store.read_manifest(i).artifact].size for i in ids)
+    manifests = [store.read_manifest(i) for i in ids]
+    weights = sum(m.weight_bytes or m.files[m.artifact].size for m in manifests)  # shared graph: its weights file
     ref = args.limit_store or args.store
     limit = args.limit or inprocess_limit(ref, args.prefix, args.count, args.batch_sizes, args.inprocess_seconds)
     rows = []
