@@ -62,7 +62,21 @@ class ModelEntry:
     loading: asyncio.Future | None = None
     ticket: LoadTicket | None = None  # while a load is pending or running
     holds: int = 0  # requests waiting for this model's load: it is not evicted before they get it
+    demand: float = 0.0  # requests, each decayed with DEMAND_TAU_S since it came (at demand_t)
+    demand_t: float = 0.0
 
+    def demand_at(self, now: float) -> float:
+        """Recent demand: a request counts 1 when it arrives and fades with a DEMAND_TAU_S time constant.
+
+        Eviction takes the idle model with the least of it (then the least recently used): under
+        Zipf traffic over 1,000 models and room for 92, this keeps ~74 % of requests resident
+        against ~66 % for plain LRU, because a one-off call to a rare model no longer pushes out a
+        model that is asked for every few seconds (simulated, docs/BENCHMARKS.md `## long tail`).
+        """
+        return self.demand * math.exp((self.demand_t - now) / DEMAND_TAU_S) if self.demand else 0.0
+
+
+DEMAND_TAU_S = 60.0  # how long a request keeps its model warm against eviction (time constant)
 
 # What a swapped-in model costs beyond its mapped weights (handler, tokenizer reference, batcher,
 # metrics children), measured by benchmarks/server_density.py --marginal (docs/BENCHMARKS.md `## long tail`).
@@ -127,7 +141,9 @@ class Registry:
             self.metrics.model(e.id).hits.inc()  # type: ignore[attr-defined]
             e.inflight += 1
             self.inflight += 1
-            e.last_used = time.monotonic()
+            e.last_used = now = time.monotonic()
+            e.demand = e.demand_at(now) + 1.0
+            e.demand_t = now
             return e
         deadline = time.monotonic() + timeout_s if timeout_s else None
         e = await self.entry(model_id)
@@ -138,7 +154,9 @@ class Registry:
                 (mm.misses if missed else mm.hits).inc()  # type: ignore[attr-defined]
                 e.inflight += 1
                 self.inflight += 1
-                e.last_used = time.monotonic()
+                e.last_used = now = time.monotonic()
+                e.demand = e.demand_at(now) + 1.0
+                e.demand_t = now
                 return e
             if e.state is State.FAILED:
                 raise Unavailable(f"model {e.id} failed to load: {e.reason}")
@@ -264,7 +282,8 @@ class Registry:
             idle = [x for x in self.entries.values()
                     if x.state is State.READY and x.inflight == 0 and x.holds == 0 and x is not loading]
             if idle:
-                self.evict(min(idle, key=lambda x: x.last_used))
+                now = time.monotonic()  # the coldest first: least recent demand, then least recently used
+                self.evict(min(idle, key=lambda x: (x.demand_at(now), x.last_used)))
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
