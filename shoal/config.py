@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field
@@ -58,6 +58,9 @@ class Settings(ShoalSettingsBase):
     disk_budget: str | None = Field(None, description="bytes the local disk cache may hold of its own (S3 "
                                     "downloads, copies), least recently fetched models removed first; "
                                     "unset: unbounded. Files linked from a local store cost no disk")
+    disk_prefetch: Literal["auto", "on", "off"] = Field("auto", description="verify the catalog into the disk "
+                                                        "tier in the background at idle priority (auto: local "
+                                                        "folder stores only; on: S3 too, within --disk-budget)")
     max_load_wait_s: float = Field(10.0, gt=0, description="longest a request waits for its model to be "
                                    "swapped in; a request whose load cannot start and finish within this (or "
                                    "its deadline) gets 503 with Retry-After at once")
@@ -104,7 +107,17 @@ class _YamlFileSource(PydanticBaseSettingsSource):
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings with CLI overrides applied (None means 'not given on the command line')."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    from pydantic import ValidationError
+
+    from shoal.errors import UsageError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:  # one line naming the setting, never a traceback
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"])
+        raise UsageError(f"setting {name} (--{name.replace('_', '-')} or SHOAL_{name.upper()}): "
+                         f"{first['msg']}, got {first.get('input')!r}") from None
 
 
 def parse_bytes(text: str | int) -> int:

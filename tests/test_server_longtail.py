@@ -177,3 +177,24 @@ def test_load_queue_serves_the_most_wanted_model_first() -> None:
         return order
 
     assert asyncio.run(scenario()) == ["hot", "rare"]
+
+
+def test_local_catalog_is_verified_into_the_disk_tier_in_the_background(store_uri: str, tmp_path: Path) -> None:
+    """With --preload none, nothing is loaded, yet every model's files reach the disk tier, stamped."""
+    cache = tmp_path / "cache"
+    proc = ServerProcess(["--store", store_uri, "--preload", "none"], env={"SHOAL_CACHE_DIR": str(cache)}).start()
+    try:
+        with proc.client() as c:
+            ids = [m for m, s in states(c).items() if m != "broken"]
+            deadline = time.monotonic() + 60
+            stamped: set[str] = set()
+            while time.monotonic() < deadline:
+                stamped = {p.parent.name for p in cache.glob("local/*/*/.verified.json")}
+                if set(ids) <= stamped:
+                    break
+                time.sleep(0.2)
+            assert set(ids) <= stamped, sorted(set(ids) - stamped)
+            assert {s["state"] for m, s in states(c).items() if m != "broken"} == {"unloaded"}
+            assert predict(c, ids[0], "x")
+    finally:
+        proc.stop()

@@ -26,6 +26,8 @@ def serve(
                                                               "4GiB")] = None,
     disk_budget: Annotated[Optional[str], typer.Option(help="bytes the local disk cache may hold of its own "
                                                             "(S3 downloads), e.g. 50GiB (default: unbounded)")] = None,
+    disk_prefetch: Annotated[Optional[str], typer.Option(help="auto | on | off: verify the catalog into the disk "
+                                                             "tier in the background (auto: local stores)")] = None,
     max_load_wait: Annotated[Optional[float], typer.Option("--max-load-wait", help="seconds a request may wait "
                                                            "for a swap-in before 503 + Retry-After")] = None,
     preload: Annotated[Optional[str], typer.Option(help="all | none | N models loaded at start")] = None,
@@ -72,7 +74,7 @@ def serve(
         catalog = list(dict.fromkeys(catalog))
     settings = load_settings(store=store, device=device, host=host, port=port, grpc_port=grpc_port,
                              executors=executors, threads=threads, memory_budget=memory_budget, preload=preload,
-                             disk_budget=disk_budget, max_load_wait_s=max_load_wait,
+                             disk_budget=disk_budget, max_load_wait_s=max_load_wait, disk_prefetch=disk_prefetch,
                              max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, batch_fairness=batch_fairness,
                              prefetch_batches=prefetch_batches, request_timeout_s=request_timeout, token=token)
     _check(settings)

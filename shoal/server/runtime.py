@@ -16,6 +16,7 @@ from typing import Any
 from shoal.config import Settings, parse_bytes
 from shoal.devices import Device
 from shoal.errors import StoreUnavailable
+from shoal.server import disk_prefetch
 from shoal.server.batcher import Pending, Scheduler
 from shoal.server.errors import ApiError, BadRequest, DeadlineExceeded
 from shoal.server.executor import DeviceExecutor, loader_pool, executor_layout
@@ -68,6 +69,7 @@ class Runtime:
         self.capacity = settings.capacity or self.executor.executors * (settings.max_batch_size or 8)
         self.ready = False
         self.not_ready_reason = "preloading models"
+        self._prefetch: asyncio.Task | None = None
         self.started = time.time()
         self._gauges()
 
@@ -110,6 +112,8 @@ class Runtime:
                 delay = min(delay * 2, STORE_RETRY_MAX_S)
         finally:
             self.ready = True
+        if disk_prefetch.wanted(self.settings.disk_prefetch, self.store):
+            self._prefetch = asyncio.get_running_loop().create_task(disk_prefetch.prefetch_catalog(self))
 
     async def _start_once(self, count: int | None) -> str | None:
         """Reach the store, list and read the catalog, preload: None when done, else why not yet."""
@@ -127,6 +131,8 @@ class Runtime:
         return None
 
     def shutdown(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.cancel()
         self.executor.shutdown()
         self.loader.shutdown(wait=False, cancel_futures=True)
 
