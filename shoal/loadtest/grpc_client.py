@@ -55,7 +55,9 @@ class GrpcConnection:
             channel = _channels[key] = grpc.aio.insecure_channel(_address(self.endpoint), options=_OPTIONS)
         self._infer = channel.unary_unary(MODEL_INFER)  # no serializers: bytes in, bytes out
 
-    async def request(self, method: str, path: str, body: bytes | None = None) -> Response:
+    async def request(self, method: str, path: str, body: bytes | None = None,
+                      content_type: bytes = b"application/json") -> Response:
+        """One ModelInfer call (``method``, ``path`` and ``content_type`` are HTTP's; the body says it all)."""
         try:
             data = await self._infer(body or b"", timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:

@@ -11,6 +11,7 @@ no per-model copy of the pool.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -36,6 +37,8 @@ def v2_tensors(body: dict[str, Any]) -> list[dict[str, Any]]:
                    "context": [x.get("context", "") for x in inputs]}
     elif isinstance(inputs, list):
         columns = {"text": [str(x) for x in inputs]}
+    elif "image" in body:  # a detector's image file, base64 (what the detector's v2 input takes)
+        columns = {"image": [body["image"]]}
     elif "question" in body:
         columns = {"question": [body["question"]], "context": [body.get("context", "")]}
     elif "text" in body:
@@ -76,8 +79,10 @@ def grpc_model_prefix(model: str) -> bytes:
     return pb.ModelInferRequest(model_name=model).SerializeToString()  # type: ignore[no-any-return]
 
 
-def encode(protocol: str, bodies: list[bytes]) -> list[bytes]:
-    """The native pool in ``protocol``'s encoding."""
+def encode(protocol: str, bodies: list[bytes], content_type: str = "application/json") -> list[bytes]:
+    """The native pool in ``protocol``'s encoding; raw image files (``image/*``) become an ``image`` tensor."""
     if protocol == "native":
         return bodies
+    if content_type.startswith("image/"):
+        bodies = [json.dumps({"image": base64.b64encode(b).decode()}).encode() for b in bodies]
     return [v2_json(b) if protocol == "v2" else grpc_inputs(b) for b in bodies]
