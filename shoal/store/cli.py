@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shoal import cache_dirs
 from shoal.config import load_settings
 from shoal.errors import UsageError
 from shoal.store import store_from_settings
@@ -116,7 +117,7 @@ def synth(
     with Progress(transient=True) as bar:
         task = bar.add_task(f"synthesising from {base}", total=count)
         ids = synth_models(store_from_settings(settings), base, count, seed=seed, prefix=prefix,
-                           build_dir=settings.state_dir / "build", distinct=distinct,
+                           build_dir=cache_dirs.build_dir(settings.cache_dir), distinct=distinct,
                            progress=lambda i: bar.update(task, completed=i))
     elapsed = time.perf_counter() - start
     typer.echo(f"created {len(ids)} models ({ids[0]} .. {ids[-1]}) in {elapsed:.1f} s "

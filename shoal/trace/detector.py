@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from shoal import cache_dirs
 from shoal.errors import MissingDependencyError, ShoalError, UsageError
 from shoal.spec import ModelSpec
 from shoal.store.base import ModelStore
@@ -105,6 +106,9 @@ def trace_detector(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tu
                         precisions_tried={"fp32": "exported by Ultralytics " + info["ultralytics"]}),
     )
     store.push(folder, manifest)
+    # model.pt is in the store now; keep the unfrozen trace (`shoal models synth` re-freezes copies from it)
+    # and Ultralytics' checkpoint of the exported weights (to compare with Ultralytics' own predictions)
+    cache_dirs.keep_only(folder, {"traced.pt", "weights.pt"})
     return manifest, True
 
 

@@ -22,7 +22,7 @@ from shoal.samples import qa_pairs, sentences
 from shoal.spec import ModelSpec
 from shoal.store.base import ModelStore
 from shoal.store.manifest import Manifest, Profile, describe_files
-from shoal import graphs
+from shoal import cache_dirs, graphs
 from shoal.trace import compilers, precision as prec
 from shoal.trace.sources import load_eager_model, load_tokenizer, save_tokenizer_json
 from shoal.trace.wrappers import wrap
@@ -44,7 +44,7 @@ class TraceOptions:
     threads: int | None = None
     isolated_profile: bool = True  # measure in a fresh process (accurate memory); False for quick tests
     force: bool = False
-    build_dir: Path = Path(".shoal/build")
+    build_dir: Path = field(default_factory=cache_dirs.build_dir)  # SHOAL_CACHE_DIR/trace_build
     log: Log = field(default=lambda msg: None)
 
 
@@ -108,6 +108,7 @@ def trace_spec(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[
     save_tokenizer_json(tokenizer, spec.seq_len, best.folder / "tokenizer.json")
     manifest = _manifest(spec, opts, key, best, candidates, model, threads)
     store.push(best.folder, manifest)
+    shutil.rmtree(work, ignore_errors=True)  # every candidate's files: the chosen one is in the store now
     return manifest, True
 
 
