@@ -167,12 +167,3 @@ def test_real_minilm_embedding_is_the_published_model(tmp_path: Path) -> None:
     similar = float(emb[0] @ emb[1])
     unrelated = float(emb[0] @ emb[2])
     assert similar > 0.6 and unrelated < 0.3, (similar, unrelated)  # real semantics, not random weights
-
-
-def test_profile_latency_drops_a_burst_of_contention() -> None:
-    """A neighbour's burst in some runs does not become the model's latency; few runs: the plain median."""
-    from shoal.trace.measure import uncontended_p50
-
-    assert uncontended_p50([10.0, 11.0, 10.5, 10.2, 10.1] + [900.0] * 15) == 10.2
-    assert uncontended_p50([900.0] * 10 + [12.0, 12.5, 11.9, 12.2, 12.1]) == 12.1
-    assert uncontended_p50([10.0, 900.0, 11.0, 900.0, 12.0]) == 12.0  # one window: its median

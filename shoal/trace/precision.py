@@ -7,6 +7,7 @@ lower precision is kept only if it agrees with fp32 on a probe set.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol, Sequence, TypeVar
 
 import torch
 
@@ -19,6 +20,15 @@ PROBABILITY_DIFF_MAX = 0.01  # classification: largest change of any class proba
 TIE_MARGIN = PROBABILITY_DIFF_MAX / 2
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EXACTNESS = ("fp32", "fp16", "bf16")  # most exact first: more mantissa bits
+# A less exact precision is chosen only when it is at least this much faster: a near tie keeps the exact one,
+# and noise left in the figures cannot flip the choice.
+CHOICE_MARGIN = 0.10
+
+
+class Measured(Protocol):
+    precision: str
+    profile: dict[str, Any]
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -115,3 +125,29 @@ def agreement(task: str, reference: torch.Tensor | tuple, candidate: torch.Tenso
 
 def max_abs_diff(a: torch.Tensor | tuple, b: torch.Tensor | tuple) -> float:
     return max((x.float() - y.float()).abs().max().item() for x, y in zip(_as_rows(a), _as_rows(b)))
+
+
+M = TypeVar("M", bound=Measured)
+
+
+def speed_figure(candidate: Measured, batch: int) -> float:
+    """Milliseconds per forward at ``batch``: one compute thread's own time when measured, else the profile's."""
+    one_thread = candidate.profile.get("one_thread_ms") or {}
+    value = one_thread.get(batch, one_thread.get(str(batch)))
+    return float(value) if value is not None else float(candidate.profile["latency_ms_p50"][batch])
+
+
+def fastest(accepted: Sequence[M], batch: int) -> M:
+    """The precision to keep among those that passed the accuracy gate.
+
+    Compared on one compute thread's own time at the top batch size (``measure.one_thread_ms``):
+    unlike wall time on several threads, it does not grow when a neighbour takes a core, so the
+    choice is the same on a quiet and a busy machine. A less exact precision must win by
+    ``CHOICE_MARGIN``.
+    """
+    ranked = sorted(accepted, key=lambda c: EXACTNESS.index(c.precision) if c.precision in EXACTNESS else 99)
+    best = ranked[0]
+    for c in ranked[1:]:
+        if speed_figure(c, batch) < speed_figure(best, batch) * (1 - CHOICE_MARGIN):
+            best = c
+    return best
