@@ -37,6 +37,9 @@ def server(async_models: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     proc.stop()
 
 
+TOKEN = {"Authorization": "Bearer t0ken"}
+
+
 def routes() -> list[tuple[str, dict[str, str]]]:
     json_type = {"Content-Type": "application/json"}
     return [
@@ -45,13 +48,16 @@ def routes() -> list[tuple[str, dict[str, str]]]:
         ("/invocations", {**json_type, "X-Amzn-SageMaker-Target-Model": "tiny-a"}),
         ("/async/predictions/tiny-a", json_type),
         ("/predictions/tiny-a", {"Content-Type": "application/x-www-form-urlencoded"}),  # curl -d: read as JSON
+        ("/v2/repository/index", {**json_type, **TOKEN}),  # management (Triton's repository extension)
+        ("/v2/repository/models/tiny-a/load", {**json_type, **TOKEN}),
+        ("/v2/repository/models/tiny-a/unload", {**json_type, **TOKEN}),
     ]
 
 
 def assert_400(resp: httpx.Response, where: str) -> None:
     assert resp.status_code == 400, (where, resp.status_code, resp.text[:300])
     body = resp.json()
-    assert set(body) == {"error", "code"} and "nested" in body["error"], (where, body)
+    assert set(body) == {"error", "code"} and "JSON" in body["error"], (where, body)
 
 
 def test_deep_nesting_is_a_400_on_every_json_route(server: ServerProcess) -> None:
@@ -62,6 +68,8 @@ def test_deep_nesting_is_a_400_on_every_json_route(server: ServerProcess) -> Non
                 for field in ("text", "inputs"):
                     assert_400(c.post(path, content=nested_field(field, depth), headers=headers),
                                f"{path} {field} {depth}")
+        says = c.post("/predictions/tiny-a", content=nested(100_000), headers={"Content-Type": "application/json"})
+        assert "nested deeper than this server parses" in says.json()["error"], says.text
 
 
 def test_nesting_the_parser_accepts_is_refused_by_the_fields_not_a_500(server: ServerProcess) -> None:
@@ -73,8 +81,8 @@ def test_nesting_the_parser_accepts_is_refused_by_the_fields_not_a_500(server: S
                          + b"}]}"):
                 r = c.post(path, content=body, headers=headers)
                 assert 400 <= r.status_code < 500, (path, body[:40], r.status_code, r.text[:300])
-        # management takes no body: a nested one is ignored, and the token still guards the route
-        r = c.post("/models/tiny-a/load", content=nested(100_000), headers={"Authorization": "Bearer t0ken"})
+        # shoal's own management routes take no body: a nested one is ignored, and the token still guards them
+        r = c.post("/models/tiny-a/load", content=nested(100_000), headers=TOKEN)
         assert r.status_code == 200, r.text[:300]
         assert c.get("/ping").status_code == 200
         assert c.post("/predictions/tiny-a", json={"text": "still serving"}).status_code == 200
