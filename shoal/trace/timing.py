@@ -160,18 +160,33 @@ def time_forwards(forwards: dict[int, Callable[[], object]], threads: int, budge
         for bs, forward in forwards.items():
             if round_ >= budget.min_windows and series[bs].reproduced() and _plausible(series):
                 continue
-            runs = [_one(forward, clock) for _ in range(window[bs])]
+            runs = _window(forward, clock, window[bs], threads, wall_deadline)
             series[bs].add(runs, threads, clock.available)
             window[bs] = _window_size(budget, runs)
             spent_s += sum(own_time(r, threads, clock.available) or r.wall_ms for r in runs) / 1000
         out_of_time = spent_s > allowed_s or time.perf_counter() > wall_deadline
         if round_ + 1 >= budget.min_windows and (_settled(series) or out_of_time):
             break
+        if all(not s.valid for s in series.values()):
+            break  # not one run of a whole round escaped contention: more of the same would not either
     latency = {bs: s.best() for bs, s in series.items()}
     return Timings(latency, _why_unstable(series, latency, threads, clock.available),
                    {bs: s.medians for bs, s in series.items()},
                    sum(s.wait_fraction() for s in series.values()) / len(series),
                    [bs for bs, s in series.items() if not s.valid])
+
+
+def _window(forward: Callable[[], object], clock: ThreadClock, size: int, threads: int, wall_deadline: float
+            ) -> list[Run]:
+    """Up to ``size`` runs; cut short once too many were dropped for the window to count, or time is up."""
+    runs: list[Run] = []
+    may_drop = size - math.ceil(size / 2)
+    while len(runs) < size:
+        runs.append(_one(forward, clock))
+        dropped = sum(own_time(r, threads, clock.available) is None for r in runs)
+        if dropped > may_drop or time.perf_counter() > wall_deadline:
+            break
+    return runs
 
 
 def _one(forward: Callable[[], object], clock: ThreadClock) -> Run:
