@@ -172,7 +172,7 @@ def test_several_threads_that_always_waited_are_starved_and_flagged() -> None:
         time.sleep(0.002)
 
     t = time_forwards({1: forward, 8: forward}, 2, Budget(window=3, min_windows=2, max_windows=2, seconds=1.0), clock)
-    assert t.starved == [1, 8] and t.unstable and "waited for no CPU" in t.unstable
+    assert t.starved == [1, 8] and t.unstable and "without waiting for a CPU" in t.unstable
 
 
 def _candidate(name: str, latency: float, one_thread: float | None) -> SimpleNamespace:

@@ -56,8 +56,8 @@ def measure_artifact(artifact: Path, make_inputs: Callable[[int, Any], tuple], b
         latency, unstable = timings.latency_ms, timings.unstable
         if timings.starved and threads > 1:  # no run free of contention: record what can be measured under it
             latency = _on_one_thread(forwards, budget).latency_ms
-            unstable = (f"{unstable}; recorded one compute thread's own time instead (an upper bound of the "
-                        f"{threads}-thread latency on a quiet machine)")
+            unstable = (f"{unstable}; recorded one thread's own time instead, an upper bound of the "
+                        f"{threads}-thread latency")
         one_thread_ms = None
         if choice_batch is not None:
             one_thread_ms = latency[choice_batch] if threads == 1 or timings.starved else _on_one_thread(

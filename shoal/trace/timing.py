@@ -216,9 +216,8 @@ def _settled(series: dict[int, Series]) -> bool:
 def _why_unstable(series: dict[int, Series], latency: dict[int, float], threads: int, counted: bool) -> str | None:
     for bs, s in series.items():
         if not s.valid:
-            kept = "runs that waited for no CPU" if counted and threads > 1 else "runs"
-            return (f"b{bs}: too few {kept} in any window (the threads' waits for a CPU added up to "
-                    f"{s.wait_fraction():.0%} of the wall time): the machine is busy")
+            return (f"the machine is busy: too few {threads}-thread runs of b{bs} went without waiting for a CPU "
+                    f"(waits added up to {s.wait_fraction():.0%} of the wall time)")
         if not s.reproduced():
             shown = ", ".join("-" if m is None else f"{m:.1f}" for m in s.medians)
             return f"b{bs}: no two windows agreed within {AGREE:.0%} (window medians {shown} ms)"
