@@ -8,7 +8,8 @@ time spent on a CPU and the time spent runnable but waiting for one (``/proc/sel
 - one compute thread: ``wall - wait`` is the forward's own time, whatever the neighbours do;
 - several threads (OpenMP): a descheduled thread stalls its peers at every barrier, and the
   peers' spinning inflates CPU time, so neither counter corrects the wall time; only runs
-  that waited for no CPU (wait under ``QUIET_WAIT`` of the wall time) are kept.
+  that waited for no CPU (wait under ``QUIET_WAIT`` of the wall time) are kept, and a window
+  counts if any of its runs was kept.
 
 Runs are grouped in windows; a batch size's figure is its lowest window median, and it counts
 as stable once another window reproduces it within ``AGREE`` and latency grows with batch size
@@ -19,7 +20,6 @@ reported as such (``Timings.unstable``), never silently recorded as the model's 
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import time
@@ -102,9 +102,10 @@ class Series:
     medians: list[float | None] = field(default_factory=list)
 
     def add(self, window: list[Run], threads: int, counted: bool) -> None:
+        """A window counts if any run in it went uncontended (on a shared machine, often one in a few)."""
         own = [t for t in (own_time(r, threads, counted) for r in window) if t is not None]
         self.runs.append(window)
-        self.medians.append(statistics.median(own) if len(own) >= math.ceil(len(window) / 2) else None)
+        self.medians.append(statistics.median(own) if own else None)
 
     @property
     def valid(self) -> list[float]:
@@ -160,7 +161,7 @@ def time_forwards(forwards: dict[int, Callable[[], object]], threads: int, budge
         for bs, forward in forwards.items():
             if round_ >= budget.min_windows and series[bs].reproduced() and _plausible(series):
                 continue
-            runs = _window(forward, clock, window[bs], threads, wall_deadline)
+            runs = _window(forward, clock, window[bs], wall_deadline)
             series[bs].add(runs, threads, clock.available)
             window[bs] = _window_size(budget, runs)
             spent_s += sum(own_time(r, threads, clock.available) or r.wall_ms for r in runs) / 1000
@@ -170,21 +171,18 @@ def time_forwards(forwards: dict[int, Callable[[], object]], threads: int, budge
         if all(not s.valid for s in series.values()):
             break  # not one run of a whole round escaped contention: more of the same would not either
     latency = {bs: s.best() for bs, s in series.items()}
-    return Timings(latency, _why_unstable(series, latency, threads, clock.available),
+    return Timings(latency, _why_unstable(series, latency, threads),
                    {bs: s.medians for bs, s in series.items()},
                    sum(s.wait_fraction() for s in series.values()) / len(series),
                    [bs for bs, s in series.items() if not s.valid])
 
 
-def _window(forward: Callable[[], object], clock: ThreadClock, size: int, threads: int, wall_deadline: float
-            ) -> list[Run]:
-    """Up to ``size`` runs; cut short once too many were dropped for the window to count, or time is up."""
+def _window(forward: Callable[[], object], clock: ThreadClock, size: int, wall_deadline: float) -> list[Run]:
+    """Up to ``size`` runs, fewer once the wall-time cap has passed."""
     runs: list[Run] = []
-    may_drop = size - math.ceil(size / 2)
     while len(runs) < size:
         runs.append(_one(forward, clock))
-        dropped = sum(own_time(r, threads, clock.available) is None for r in runs)
-        if dropped > may_drop or time.perf_counter() > wall_deadline:
+        if time.perf_counter() > wall_deadline:
             break
     return runs
 
@@ -213,11 +211,12 @@ def _settled(series: dict[int, Series]) -> bool:
     return all(s.reproduced() for s in series.values()) and _plausible(series)
 
 
-def _why_unstable(series: dict[int, Series], latency: dict[int, float], threads: int, counted: bool) -> str | None:
+def _why_unstable(series: dict[int, Series], latency: dict[int, float], threads: int) -> str | None:
     for bs, s in series.items():
         if not s.valid:
-            return (f"the machine is busy: too few {threads}-thread runs of b{bs} went without waiting for a CPU "
+            return (f"the machine is busy: no {threads}-thread run of b{bs} went without waiting for a CPU "
                     f"(waits added up to {s.wait_fraction():.0%} of the wall time)")
+    for bs, s in series.items():
         if not s.reproduced():
             shown = ", ".join("-" if m is None else f"{m:.1f}" for m in s.medians)
             return f"b{bs}: no two windows agreed within {AGREE:.0%} (window medians {shown} ms)"
