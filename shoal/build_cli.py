@@ -64,7 +64,7 @@ def build(
             lat = ", ".join(f"b{b} {ms:.1f} ms" for b, ms in sorted(manifest.profile.latency_ms_p50.items())) \
                 if manifest.profile else "-"
             if manifest.profile and manifest.profile.unstable:
-                lat += " [yellow](unstable: see the warning above, or `shoal models show`)[/yellow]"
+                lat += f" [yellow](unstable profile: `shoal models show {spec.id}` says why)[/yellow]"
             bar.console.print(f"[green]{spec.id}[/green] {'traced' if traced else 'up to date'}: "
                               f"{manifest.precision}, {lat}", highlight=False)
             bar.advance(task)

@@ -47,7 +47,7 @@ def list_models(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("-
         p = m.profile
         lat = ", ".join(f"b{b}: {ms:.1f}" for b, ms in sorted(p.latency_ms_p50.items())) if p else "-"
         if p and p.unstable:
-            lat += " (unstable: see models show)"
+            lat += " (unstable: see `shoal models show`)"
         table.add_row(m.id, m.task, m.precision, _fmt_bytes(p.param_bytes) if p else "-",
                       _fmt_bytes(p.resident_bytes) if p else "-", lat)
     console = Console()

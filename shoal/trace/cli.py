@@ -46,7 +46,7 @@ def trace(
         assert manifest.profile
         lat = ", ".join(f"b{b} {ms:.1f} ms" for b, ms in sorted(manifest.profile.latency_ms_p50.items()))
         if manifest.profile.unstable:
-            lat += " [yellow](unstable: see the warning above, or `shoal models show`)[/yellow]"
+            lat += f" [yellow](unstable profile: `shoal models show {spec.id}` says why)[/yellow]"
         state = "traced" if traced else "up to date"
         console.print(f"[green]{spec.id}[/green] {state}: {manifest.precision}, "
                       f"{manifest.profile.param_bytes / 2**20:.0f} MiB params, "
