@@ -17,6 +17,7 @@ from shoal.store import open_store
 from shoal.store.base import ModelStore
 from shoal.trace.tiny import make_tiny_model
 from tests.detector_support import make_tiny_detector
+from shoal.loadtest.served import free_port
 from tests.server_fixtures import ServerProcess, run_cli
 
 MODELS = {"mix-cls": "classification", "mix-qa": "question-answering", "mix-det": "detection"}
@@ -29,17 +30,22 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     make_tiny_model(store, "mix-cls", task="classification", build_dir=root / "build")
     make_tiny_model(store, "mix-qa", task="question-answering", seed=3, build_dir=root / "build")
     make_tiny_detector(store, "mix-det", root / "build" / "det")
-    proc = ServerProcess(["--store", store.uri, "--executors", "1", "--threads", "1"]).start()
+    grpc_port = free_port()
+    proc = ServerProcess(["--store", store.uri, "--executors", "1", "--threads", "1",
+                          "--grpc-port", str(grpc_port)]).start()
+    proc.grpc_port = grpc_port  # type: ignore[attr-defined]
     yield proc
     proc.stop()
 
 
-@pytest.mark.parametrize("choice", ["random", "sequential"])
+@pytest.mark.parametrize("choice, protocol", [("random", "native"), ("sequential", "native"), ("random", "v2"),
+                                              ("random", "grpc")])
 def test_target_load_test_sends_each_model_its_own_kind_of_body(mixed: ServerProcess, tmp_path: Path,
-                                                                choice: str) -> None:
+                                                                choice: str, protocol: str) -> None:
     out = tmp_path / "run.json"
-    proc = run_cli("loadtest", "--target", mixed.url, "--clients", "6", "--duration", "2s", "--models", choice,
-                   "--ceiling", "off", "--no-progress", "--json", str(out), timeout=120)
+    target = f"grpc://127.0.0.1:{mixed.grpc_port}" if protocol == "grpc" else mixed.url  # type: ignore[attr-defined]
+    proc = run_cli("loadtest", "--target", target, "--protocol", protocol, "--clients", "6", "--duration", "2s",
+                   "--models", choice, "--ceiling", "off", "--no-progress", "--json", str(out), timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(out.read_text())
     assert doc["errors"] == 0, doc.get("error_examples") or doc

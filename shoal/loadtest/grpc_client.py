@@ -93,7 +93,8 @@ def list_models(endpoint: Endpoint, timeout_s: float = 5.0) -> dict[str, str | N
             for m in index.models:
                 inputs = {t.name for t in stub.ModelMetadata(pb.ModelMetadataRequest(name=m.name),
                                                               timeout=timeout_s).inputs}
-                out[m.name] = "question-answering" if {"question", "context"} <= inputs else None
+                out[m.name] = ("question-answering" if {"question", "context"} <= inputs
+                               else "detection" if "image" in inputs else None)
             return out
         except grpc.RpcError as exc:
             raise UsageError(f"target grpc://{_address(endpoint)} did not list its models "

@@ -37,8 +37,6 @@ def v2_tensors(body: dict[str, Any]) -> list[dict[str, Any]]:
                    "context": [x.get("context", "") for x in inputs]}
     elif isinstance(inputs, list):
         columns = {"text": [str(x) for x in inputs]}
-    elif "image" in body:  # a detector's image file, base64 (what the detector's v2 input takes)
-        columns = {"image": [body["image"]]}
     elif "question" in body:
         columns = {"question": [body["question"]], "context": [body.get("context", "")]}
     elif "text" in body:
@@ -56,12 +54,23 @@ def v2_json(native: bytes) -> bytes:
 
 def grpc_inputs(native: bytes) -> bytes:
     """A serialized ``ModelInferRequest`` holding only the inputs (and their raw contents)."""
+    return grpc_request(v2_tensors(json.loads(native)))
+
+
+def image_tensor(image: bytes, protocol: str) -> dict[str, Any]:
+    """A detector's ``image`` input: the file base64 in v2 JSON, its own bytes in gRPC's raw contents."""
+    value: str | bytes = base64.b64encode(image).decode() if protocol == "v2" else image
+    return {"name": "image", "shape": [1], "datatype": "BYTES", "data": [value]}
+
+
+def grpc_request(tensors: list[dict[str, Any]]) -> bytes:
+    """Tensors as a serialized ``ModelInferRequest`` (no model name: prepended at send time)."""
     import numpy as np
     from tritonclient.grpc import service_pb2 as pb
     from tritonclient.utils import serialize_byte_tensor, triton_to_np_dtype
 
     req = pb.ModelInferRequest()
-    for t in v2_tensors(json.loads(native)):
+    for t in tensors:
         req.inputs.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
         if t["datatype"] == "BYTES":
             values = [v.encode() if isinstance(v, str) else v for v in t["data"]]
@@ -84,5 +93,6 @@ def encode(protocol: str, bodies: list[bytes], content_type: str = "application/
     if protocol == "native":
         return bodies
     if content_type.startswith("image/"):
-        bodies = [json.dumps({"image": base64.b64encode(b).decode()}).encode() for b in bodies]
+        tensors = [[image_tensor(b, protocol)] for b in bodies]
+        return [json.dumps({"inputs": t}).encode() if protocol == "v2" else grpc_request(t) for t in tensors]
     return [v2_json(b) if protocol == "v2" else grpc_inputs(b) for b in bodies]
