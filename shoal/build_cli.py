@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from shoal.config import load_settings
+from shoal import cache_dirs
+from shoal.config import load_settings, parse_bytes
 from shoal.errors import UsageError
 
 console = Console(stderr=True)
@@ -55,16 +56,19 @@ def build(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("tracing", total=len(specs))
-        opts = TraceOptions(processor=processor, force=force, build_dir=settings.state_dir / "build",
+        opts = TraceOptions(processor=processor, force=force, build_dir=cache_dirs.build_dir(settings.cache_dir),
                             log=lambda msg: bar.console.print(f"  {msg}", highlight=False))
         for spec in specs:
             bar.update(task, description=f"tracing {spec.id}")
             manifest, traced = trace_spec(spec, model_store, opts)
             lat = ", ".join(f"b{b} {ms:.1f} ms" for b, ms in sorted(manifest.profile.latency_ms_p50.items())) \
                 if manifest.profile else "-"
+            if manifest.profile and manifest.profile.unstable:
+                lat += f" [yellow](unstable profile: `shoal models show {spec.id}` says why)[/yellow]"
             bar.console.print(f"[green]{spec.id}[/green] {'traced' if traced else 'up to date'}: "
                               f"{manifest.precision}, {lat}", highlight=False)
             bar.advance(task)
+    cache_dirs.prune(opts.build_dir, parse_bytes(settings.build_cache_budget))
     console.print(f"built {len(specs)} models into {model_store.uri} in {time.perf_counter() - start:.1f} s")
     if images:
         _build_images(processor)

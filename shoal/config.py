@@ -14,6 +14,8 @@ import yaml
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from shoal.cache_dirs import cache_root
+
 
 class ShoalSettingsBase(BaseSettings):
     """Precedence shared by every settings object: init (CLI) > SHOAL_* env > the SHOAL_CONFIG YAML file."""
@@ -40,7 +42,12 @@ class Settings(ShoalSettingsBase):
     store: str = Field("file://./store", description="model store URI: file://DIR or s3://bucket/prefix")
     s3_endpoint_url: str | None = Field(None, description="endpoint of an S3-compatible store")
     s3_region: str = "us-east-1"
-    cache_dir: Path = Field(Path(".shoal/cache"), description="local cache of S3 artifacts")
+    cache_dir: Path = Field(default_factory=cache_root, description="shoal's cache (SHOAL_CACHE_DIR; default the "
+                            "platform's user cache directory, e.g. ~/.cache/shoal): verified copies of store "
+                            "files, and trace intermediates under trace_build/")
+    build_cache_budget: str = Field("1GiB", description="bytes trace intermediates may keep under "
+                                    "<cache_dir>/trace_build (what `shoal models synth` re-reads), least "
+                                    "recently traced models removed first")
     state_dir: Path = Field(Path(".shoal"), description="pids, logs and plans of local deployments")
 
     host: str = "127.0.0.1"

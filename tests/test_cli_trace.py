@@ -27,7 +27,7 @@ precision: fp32
 
 
 def shoal(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SHOAL_STATE_DIR": str(cwd / ".shoal")}
+    env = {**os.environ, "SHOAL_STATE_DIR": str(cwd / ".shoal"), "SHOAL_CACHE_DIR": str(cwd / ".shoal" / "cache")}
     return subprocess.run([sys.executable, "-m", "shoal.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -106,3 +106,49 @@ def test_synth_creates_unique_models_with_the_base_profile(store: LocalStore, bu
     mask = torch.ones_like(ids_in)
     outs = [load_text_model(store.fetch(i), store.read_manifest(i))(ids_in, mask) for i in ("base", *ids)]
     assert all(not torch.equal(outs[0], o) for o in outs[1:])
+
+
+def test_trace_from_another_folder_leaves_nothing_there(tmp_path: Path) -> None:
+    """Issue 13: build intermediates went to ./.shoal/build of whatever folder `shoal trace` ran in."""
+    (tmp_path / "m.yaml").write_text(GOOD.format(id="cli-far"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k not in ("SHOAL_STATE_DIR", "SHOAL_CACHE_DIR")}
+    env.update({"SHOAL_STORE": f"file://{tmp_path / 'store'}", "SHOAL_CACHE_DIR": str(cache)})
+    proc = subprocess.run([sys.executable, "-m", "shoal.cli", "trace", str(tmp_path / "m.yaml")], cwd=elsewhere,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == [], "nothing left in the folder it ran from"
+    assert LocalStore(tmp_path / "store").exists("cli-far")
+    build = cache / "trace_build"
+    assert build.is_dir() and not (build / "cli-far").exists(), "intermediates removed once the model is stored"
+
+
+def test_cache_root_is_shoal_cache_dir_else_the_platform_cache(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    from shoal import cache_dirs
+    from shoal.config import Settings
+
+    monkeypatch.delenv("SHOAL_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert Settings().cache_dir == tmp_path / "xdg" / "shoal"
+    assert cache_dirs.build_dir() == cache_dirs.cache_root() / "trace_build"
+    monkeypatch.setenv("SHOAL_CACHE_DIR", str(tmp_path / "mine"))
+    assert Settings().cache_dir == tmp_path / "mine" == cache_dirs.cache_root()
+    assert cache_dirs.build_dir(Settings().cache_dir) == tmp_path / "mine" / "trace_build"
+
+
+def test_build_cache_is_pruned_to_its_budget_oldest_first(tmp_path: Path) -> None:
+    from shoal import cache_dirs
+
+    for i, name in enumerate(["old", "mid", "new"]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "traced.pt").write_bytes(b"x" * 1000)
+        os.utime(tmp_path / name, (1_000_000 + i, 1_000_000 + i))
+    assert cache_dirs.prune(tmp_path, 5000) == []
+    removed = cache_dirs.prune(tmp_path, 2500, keep=("old",))
+    assert [p.name for p in removed] == ["mid"], "the oldest not kept goes first, then only what is needed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "old"]
+    assert [p.name for p in cache_dirs.prune(tmp_path, 0)] == ["old", "new"]

@@ -33,9 +33,13 @@ def test_payload_file_text_and_json_lines(tmp_path: Path) -> None:
     p = load_payloads(str(text))
     assert [json.loads(b)["text"] for b in p.bodies("classification")] == ["first line", "second line"]
     assert set(json.loads(p.bodies("question-answering")[0])) == {"question", "context"}
+    frames = p.bodies("detection")  # a text file says nothing to a detector: it gets JPEG frames
+    assert len(frames) == 8 and len(set(frames)) == 8 and all(f[:2] == b"\xff\xd8" for f in frames)
+    assert p.content_type("detection") == "image/jpeg" and p.content_type("classification") == "application/json"
     jl = tmp_path / "p.jsonl"
     jl.write_text('{"inputs": ["a", "b"]}\n')
     assert json.loads(load_payloads(str(jl)).bodies(None)[0]) == {"inputs": ["a", "b"]}
+    assert load_payloads(str(jl)).content_type("detection") == "application/json"  # the user's bodies, as written
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "x"}\n{oops\n')
     with pytest.raises(UsageError, match="line 2 is not JSON"):

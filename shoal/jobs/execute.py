@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from shoal.server.body import NotJson, decode_json
 from shoal.server.media import RAW_TYPES, MediaBody
 from shoal.server.runtime import Runtime
 
@@ -36,6 +37,6 @@ def parse_payload(raw: bytes, content_type: str = "application/json", media_para
     if is_binary(content_type):
         return MediaBody(raw, content_type, json.loads(media_params) if media_params else {})
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"payload is not valid JSON: {getattr(exc, 'msg', 'not UTF-8')}") from None
+        return decode_json(raw)
+    except NotJson as exc:
+        raise ValueError(f"payload {exc}") from None

@@ -24,6 +24,7 @@ from shoal.jobs.objects import Locations
 from shoal.jobs.records import JobRecord, new_job_id
 from shoal.jobs.settings import AsyncSettings
 from shoal.jobs.execute import is_binary
+from shoal.server.body import NotJson, decode_json
 from shoal.server.errors import ApiError, BadRequest, PayloadTooLarge, Unprocessable
 from shoal.server.handlers.base import Handler
 from shoal.server.handlers.detector import Options as DetectorOptions
@@ -95,8 +96,8 @@ def parse_options(query: Any, s: AsyncSettings) -> Options:
 
 def _is_reference(head: bytes) -> bool:
     try:
-        body = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = decode_json(head)
+    except NotJson:
         return False
     return isinstance(body, dict) and "input_location" in body
 
@@ -170,9 +171,9 @@ class Intake:
         if not raw.strip():
             raise BadRequest("request body is empty: send the JSON payload, or {\"input_location\": \"s3://...\"}")
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"body is not valid JSON: {getattr(exc, 'msg', 'not UTF-8')}") from None
+            body = decode_json(raw)
+        except NotJson as exc:
+            raise BadRequest(f"body {exc}") from None
         if not isinstance(body, dict):  # checked here too: the model may not be loaded to parse it
             raise Unprocessable(f"body must be a JSON object, got {type(body).__name__}")
         if "input_location" in body:

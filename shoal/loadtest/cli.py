@@ -36,7 +36,9 @@ def loadtest(
     requests: Annotated[Optional[int], typer.Option(help="measured requests instead of a duration")] = None,
     warmup: Annotated[Optional[str], typer.Option(help="unrecorded time before measuring, e.g. 5s")] = None,
     models: Annotated[Optional[str], typer.Option(help="random | sequential | zipf:S (default random)")] = None,
-    payload: Annotated[Optional[str], typer.Option(help="builtin | FILE (text lines or JSON bodies)")] = None,
+    payload: Annotated[Optional[str], typer.Option(
+        help="builtin | FILE (text lines or JSON bodies); detectors get JPEG frames unless FILE holds JSON "
+             "bodies")] = None,
     dns_cache: Annotated[bool, typer.Option(help="resolve each server host once")] = False,
     single: Annotated[Optional[str], typer.Option(
         help="sequential | random: one request at a time, --requests per model (default 10)")] = None,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Union
 
 from shoal.loadtest.http import Connection, Endpoint, HttpError
-from shoal.loadtest.payload import Payloads
+from shoal.loadtest.payload import JSON_TYPE, Payloads
 from shoal.loadtest.protocols import encode, grpc_model_prefix
 from shoal.loadtest.stats import Recorder
 from shoal.loadtest.targets import ModelChooser, Routes
@@ -76,13 +76,17 @@ class Requester:
         self.routes = routes
         self.spec = spec
         self.bodies: dict[str, list[bytes]] = {}
+        self.types: dict[str, bytes] = {}
         self.paths: dict[str, str] = {}
         encoded: dict[str | None, list[bytes]] = {}  # per task: every model of a task shares one pool
         for m in routes.models:
             task = routes.tasks.get(m)
+            content_type = payloads.content_type(task) if payloads else JSON_TYPE
             if payloads and task not in encoded:
-                encoded[task] = encode(spec.protocol, payloads.bodies(task))
+                encoded[task] = encode(spec.protocol, payloads.bodies(task), content_type)
             self.bodies[m] = encoded[task] if payloads else []
+            # v2 and gRPC carry images inside their own JSON / protobuf bodies
+            self.types[m] = (content_type if spec.protocol == "native" else JSON_TYPE).encode()
             self.paths[m] = spec.path_template.format(model=m)
         # gRPC: the serialized model_name field, prepended to the shared pool body at send time
         self.prefix = {m: grpc_model_prefix(m) for m in routes.models} if spec.protocol == "grpc" else {}
@@ -102,7 +106,7 @@ class Requester:
         if self.prefix and body is not None:
             body = self.prefix[model] + body
         try:
-            resp = await conn.request(self.spec.method, self.paths[model], body)
+            resp = await conn.request(self.spec.method, self.paths[model], body, self.types[model])
         except HttpError as exc:
             self.live_err += 1
             if rec is not None:

@@ -55,7 +55,9 @@ class GrpcConnection:
             channel = _channels[key] = grpc.aio.insecure_channel(_address(self.endpoint), options=_OPTIONS)
         self._infer = channel.unary_unary(MODEL_INFER)  # no serializers: bytes in, bytes out
 
-    async def request(self, method: str, path: str, body: bytes | None = None) -> Response:
+    async def request(self, method: str, path: str, body: bytes | None = None,
+                      content_type: bytes = b"application/json") -> Response:
+        """One ModelInfer call (``method``, ``path`` and ``content_type`` are HTTP's; the body says it all)."""
         try:
             data = await self._infer(body or b"", timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -91,7 +93,8 @@ def list_models(endpoint: Endpoint, timeout_s: float = 5.0) -> dict[str, str | N
             for m in index.models:
                 inputs = {t.name for t in stub.ModelMetadata(pb.ModelMetadataRequest(name=m.name),
                                                               timeout=timeout_s).inputs}
-                out[m.name] = "question-answering" if {"question", "context"} <= inputs else None
+                out[m.name] = ("question-answering" if {"question", "context"} <= inputs
+                               else "detection" if "image" in inputs else None)
             return out
         except grpc.RpcError as exc:
             raise UsageError(f"target grpc://{_address(endpoint)} did not list its models "

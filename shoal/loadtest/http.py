@@ -104,15 +104,16 @@ class Connection:
             self._writer.close()
         self._reader = self._writer = None
 
-    async def request(self, method: str, path: str, body: bytes | None = None) -> Response:
+    async def request(self, method: str, path: str, body: bytes | None = None,
+                      content_type: bytes = b"application/json") -> Response:
         """Send one request and read its response, within ``timeout_s``."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 try:
-                    return await self._exchange(method, path, body)
+                    return await self._exchange(method, path, body, content_type)
                 except _Stale:
                     self.close()
-                    return await self._exchange(method, path, body)
+                    return await self._exchange(method, path, body, content_type)
         except _Stale:
             self.close()
             raise HttpError("connection", "the server closed the connection before answering") from None
@@ -123,7 +124,7 @@ class Connection:
             self.close()
             raise HttpError("connection", f"{type(exc).__name__}: {exc}") from None
 
-    async def _exchange(self, method: str, path: str, body: bytes | None) -> Response:
+    async def _exchange(self, method: str, path: str, body: bytes | None, content_type: bytes) -> Response:
         loop_time = asyncio.get_running_loop().time()
         if self._writer is not None and loop_time - self._last_used > self.max_idle_s:
             self.close()  # the server may be about to close it: do not race its keep-alive timeout
@@ -133,7 +134,8 @@ class Connection:
         assert self._reader is not None and self._writer is not None
         head = f"{method} {path} HTTP/1.1\r\n".encode() + self._host_line
         if body is not None:
-            head += b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+            head += (b"Content-Type: " + content_type + b"\r\nContent-Length: " + str(len(body)).encode()
+                     + b"\r\n\r\n")
             self._writer.write(head + body)
         else:
             self._writer.write(head + b"\r\n")

@@ -1,9 +1,11 @@
-"""Request bodies: builtin ~30-word English sentences, or lines from a file.
+"""Request bodies: builtin ~30-word English sentences, or lines from a file; JPEG frames for detectors.
 
 Why builtin text: a load test must not download a data set, yet identical bodies
 would let caches and tokenizers look better than they are. The generator joins
 clauses from small word lists, so every sentence differs and has a realistic
-length (25-35 words, about 40 tokens).
+length (25-35 words, about 40 tokens). Detectors get synthetic camera frames
+(``shoal.vision.frames``) sent as ``image/jpeg``, as a camera client would: a server
+holding text models and detectors must load-test with no error by default.
 """
 
 from __future__ import annotations
@@ -68,24 +70,48 @@ def builtin_texts(n: int = 256, seed: int = 0) -> list[str]:
     return [sentence(rng) for _ in range(n)]
 
 
+DETECTION = "detection"
+JSON_TYPE = "application/json"
+IMAGE_TYPE = "image/jpeg"
+FRAMES = 8  # distinct frames per run: enough that no cache sees one image only
+FRAME_SIZE = (640, 480)
+
+
 class Payloads:
     """A fixed pool of encoded request bodies, per task, cycled by each client.
 
-    Bodies are encoded once up front so the hot loop does no JSON work.
+    Bodies are encoded once up front so the hot loop does no JSON work. A JSON-lines file's
+    bodies go to every model as they are (the user wrote them for the models under test);
+    builtin or plain-text inputs go to text models, and detectors get JPEG frames.
     """
 
     def __init__(self, texts: list[str], raw_bodies: list[bytes] | None = None, seed: int = 0) -> None:
         if not texts and not raw_bodies:
             raise UsageError("payload is empty: give a file with at least one line")
         rng = random.Random(seed + 1)
+        self.seed = seed
         self.raw = raw_bodies or []
         self.text = [json.dumps({"text": t}).encode() for t in texts]
         self.qa = [json.dumps({"question": rng.choice(_QUESTIONS), "context": t}).encode() for t in texts]
+        self._frames: list[bytes] = []
 
     def bodies(self, task: str | None) -> list[bytes]:
         if self.raw:
             return self.raw
+        if task == DETECTION:
+            return self.frames()
         return self.qa if task == "question-answering" else self.text
+
+    def content_type(self, task: str | None) -> str:
+        return IMAGE_TYPE if task == DETECTION and not self.raw else JSON_TYPE
+
+    def frames(self) -> list[bytes]:
+        """Synthetic JPEG camera frames, drawn on first use (only runs with a detector pay for them)."""
+        if not self._frames:
+            from shoal.vision.frames import frame_bytes
+
+            self._frames = [frame_bytes(*FRAME_SIZE, seed=self.seed + i) for i in range(FRAMES)]
+        return self._frames
 
 
 def load_payloads(spec: str, seed: int = 0) -> Payloads:

@@ -11,6 +11,7 @@ no per-model copy of the pool.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -53,12 +54,23 @@ def v2_json(native: bytes) -> bytes:
 
 def grpc_inputs(native: bytes) -> bytes:
     """A serialized ``ModelInferRequest`` holding only the inputs (and their raw contents)."""
+    return grpc_request(v2_tensors(json.loads(native)))
+
+
+def image_tensor(image: bytes, protocol: str) -> dict[str, Any]:
+    """A detector's ``image`` input: the file base64 in v2 JSON, its own bytes in gRPC's raw contents."""
+    value: str | bytes = base64.b64encode(image).decode() if protocol == "v2" else image
+    return {"name": "image", "shape": [1], "datatype": "BYTES", "data": [value]}
+
+
+def grpc_request(tensors: list[dict[str, Any]]) -> bytes:
+    """Tensors as a serialized ``ModelInferRequest`` (no model name: prepended at send time)."""
     import numpy as np
     from tritonclient.grpc import service_pb2 as pb
     from tritonclient.utils import serialize_byte_tensor, triton_to_np_dtype
 
     req = pb.ModelInferRequest()
-    for t in v2_tensors(json.loads(native)):
+    for t in tensors:
         req.inputs.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
         if t["datatype"] == "BYTES":
             values = [v.encode() if isinstance(v, str) else v for v in t["data"]]
@@ -76,8 +88,11 @@ def grpc_model_prefix(model: str) -> bytes:
     return pb.ModelInferRequest(model_name=model).SerializeToString()  # type: ignore[no-any-return]
 
 
-def encode(protocol: str, bodies: list[bytes]) -> list[bytes]:
-    """The native pool in ``protocol``'s encoding."""
+def encode(protocol: str, bodies: list[bytes], content_type: str = "application/json") -> list[bytes]:
+    """The native pool in ``protocol``'s encoding; raw image files (``image/*``) become an ``image`` tensor."""
     if protocol == "native":
         return bodies
+    if content_type.startswith("image/"):
+        tensors = [[image_tensor(b, protocol)] for b in bodies]
+        return [json.dumps({"inputs": t}).encode() if protocol == "v2" else grpc_request(t) for t in tensors]
     return [v2_json(b) if protocol == "v2" else grpc_inputs(b) for b in bodies]

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from shoal import cache_dirs
 from shoal.errors import UsageError
 
 
@@ -65,7 +66,7 @@ def sweep(
     model_store = store_from_settings(settings)
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     if spec:
-        models = trace_precisions(spec, precisions or ["fp32"], model_store, settings.state_dir / "build", log)
+        models = trace_precisions(spec, precisions or ["fp32"], model_store, cache_dirs.build_dir(settings.cache_dir), log)
     else:
         assert model
         models = resolve_models(model_store, model, precisions)

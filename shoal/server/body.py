@@ -1,8 +1,13 @@
-"""Read a JSON request body under a size cap, streaming, so an oversized upload is refused early (413)."""
+"""Read a JSON request body under a size cap, streaming, so an oversized upload is refused early (413).
+
+Every JSON body the server or its async worker parses goes through ``decode_json``, so each way
+a body can fail to be JSON is one clear reason (a 400), never an exception nobody expected.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from starlette.requests import Request
@@ -30,13 +35,33 @@ async def read_bytes(request: Request, cap: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class NotJson(ValueError):
+    """A body that is not JSON this server accepts; the message ("is not valid JSON: ...") says why."""
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """``json.loads`` whose every failure is a ``NotJson`` with the reason.
+
+    Why RecursionError too: the parser recurses once per nesting level, so ``[`` x 100,000 raises
+    RecursionError (not a JSONDecodeError); uncaught, a client could turn malformed input into a 500.
+    """
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise NotJson(f"is not valid JSON: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise NotJson("is not valid JSON: not UTF-8") from None
+    except RecursionError:
+        raise NotJson(f"is JSON nested deeper than this server parses (about {sys.getrecursionlimit()} "
+                      "levels of [ or {)") from None
+
+
 async def read_json(request: Request, cap: int) -> Any:
     """The parsed body; 413 past ``cap`` bytes (declared or streamed), 400 if it is not JSON."""
     raw = await read_bytes(request, cap)
     if not raw:
         raise BadRequest("request body is empty: send a JSON object, e.g. {\"text\": \"...\"}")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        msg = getattr(exc, "msg", "not UTF-8")
-        raise BadRequest(f"body is not valid JSON: {msg}") from None
+        return decode_json(raw)
+    except NotJson as exc:
+        raise BadRequest(f"body {exc}") from None

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 from urllib.parse import urlparse
 
+from shoal.cache_dirs import cache_root
 from shoal.errors import UsageError
 from shoal.store.base import ModelStore, verify_files
 from shoal.store.cache import VerifiedCache
@@ -28,14 +29,14 @@ def open_store(uri: str, *, cache_dir: Path | None = None, endpoint_url: str | N
         cache = None
         if local_cache:
             key = hashlib.sha256(str(root.absolute()).encode()).hexdigest()[:16]
-            cache = VerifiedCache((cache_dir or Path(".shoal/cache")) / "local" / key, disk_budget)
+            cache = VerifiedCache((cache_dir or cache_root()) / "local" / key, disk_budget)
         return LocalStore(root, cache)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise UsageError(f"store URI {uri!r} names no bucket: use s3://bucket/prefix")
         from shoal.store.s3 import S3Store
 
-        return S3Store(parsed.netloc, parsed.path, cache_dir or Path(".shoal/cache"), endpoint_url, region,
+        return S3Store(parsed.netloc, parsed.path, cache_dir or cache_root(), endpoint_url, region,
                        disk_budget)
     raise UsageError(f"store URI {uri!r}: scheme must be file:// or s3://")
 

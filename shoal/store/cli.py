@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shoal import cache_dirs
 from shoal.config import load_settings
 from shoal.errors import UsageError
 from shoal.store import store_from_settings
@@ -45,6 +46,8 @@ def list_models(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("-
     for m in manifests:
         p = m.profile
         lat = ", ".join(f"b{b}: {ms:.1f}" for b, ms in sorted(p.latency_ms_p50.items())) if p else "-"
+        if p and p.unstable:
+            lat += " (unstable: see `shoal models show`)"
         table.add_row(m.id, m.task, m.precision, _fmt_bytes(p.param_bytes) if p else "-",
                       _fmt_bytes(p.resident_bytes) if p else "-", lat)
     console = Console()
@@ -116,7 +119,7 @@ def synth(
     with Progress(transient=True) as bar:
         task = bar.add_task(f"synthesising from {base}", total=count)
         ids = synth_models(store_from_settings(settings), base, count, seed=seed, prefix=prefix,
-                           build_dir=settings.state_dir / "build", distinct=distinct,
+                           build_dir=cache_dirs.build_dir(settings.cache_dir), distinct=distinct,
                            progress=lambda i: bar.update(task, completed=i))
     elapsed = time.perf_counter() - start
     typer.echo(f"created {len(ids)} models ({ids[0]} .. {ids[-1]}) in {elapsed:.1f} s "

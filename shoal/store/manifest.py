@@ -50,6 +50,9 @@ class Profile(BaseModel):
     threads: int
     measured_on: str = ""
     precisions_tried: dict[str, str] = Field(default_factory=dict, description="precision -> verdict")
+    unstable: str | None = Field(None, description="why the latency figures could not be measured stably (a busy "
+                                 "machine); they are the best estimate, not a reproduced one. Re-trace with --force "
+                                 "on a quiet machine")
 
     def throughput_at(self, batch_size: int) -> float:
         """Sequences per second at one batch size (one executor)."""

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from shoal.config import load_settings
+from shoal import cache_dirs
+from shoal.config import load_settings, parse_bytes
 
 console = Console(stderr=True)
 
@@ -37,17 +38,20 @@ def trace(
     settings = load_settings(store=store)
     model_store = store_from_settings(settings)
     opts = TraceOptions(processor=processor, precision=precision, batch_sizes=batch_size or None, seq_len=seq_len,
-                        pipeline_cores=pipeline_cores, force=force, build_dir=settings.state_dir / "build",
+                        pipeline_cores=pipeline_cores, force=force, build_dir=cache_dirs.build_dir(settings.cache_dir),
                         log=lambda msg: console.print(f"  {msg}", highlight=False))
     for spec in specs:
         with console.status(f"tracing {spec.id}"):
             manifest, traced = trace_spec(spec, model_store, opts)
         assert manifest.profile
         lat = ", ".join(f"b{b} {ms:.1f} ms" for b, ms in sorted(manifest.profile.latency_ms_p50.items()))
+        if manifest.profile.unstable:
+            lat += f" [yellow](unstable profile: `shoal models show {spec.id}` says why)[/yellow]"
         state = "traced" if traced else "up to date"
         console.print(f"[green]{spec.id}[/green] {state}: {manifest.precision}, "
                       f"{manifest.profile.param_bytes / 2**20:.0f} MiB params, "
                       f"{manifest.profile.resident_bytes / 2**20:.0f} MiB resident, {lat}", highlight=False)
+    cache_dirs.prune(opts.build_dir, parse_bytes(settings.build_cache_budget))
 
 
 def register(app: typer.Typer) -> None:

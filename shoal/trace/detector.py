@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from shoal import cache_dirs
 from shoal.errors import MissingDependencyError, ShoalError, UsageError
 from shoal.spec import ModelSpec
 from shoal.store.base import ModelStore
@@ -91,6 +92,8 @@ def trace_detector(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tu
     check_and_freeze(folder / "model.torchscript", folder / "model.pt", len(names), size, device)
     opts.log(f"{spec.id}: measuring batch sizes {batch_sizes}")
     profile = measure(folder / "model.pt", size, batch_sizes, threads, device, opts.isolated_profile)
+    if profile.get("unstable"):
+        opts.log(f"{spec.id}: warning: latency is not stable, recorded as such: {profile['unstable']}")
     manifest = Manifest(
         id=spec.id, kind="detector", task="detection", format="torchscript",
         processor=opts.processor,  # type: ignore[arg-type]
@@ -102,9 +105,13 @@ def trace_detector(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tu
                         latency_ms_p50={int(b): float(ms) for b, ms in profile["latency_ms_p50"].items()},
                         threads=threads,
                         measured_on=f"{opts.processor} {platform.processor() or platform.machine()} x{os.cpu_count()}",
-                        precisions_tried={"fp32": "exported by Ultralytics " + info["ultralytics"]}),
+                        precisions_tried={"fp32": "exported by Ultralytics " + info["ultralytics"]},
+                        unstable=profile.get("unstable")),
     )
     store.push(folder, manifest)
+    # model.pt is in the store now; keep the unfrozen trace (`shoal models synth` re-freezes copies from it)
+    # and Ultralytics' checkpoint of the exported weights (to compare with Ultralytics' own predictions)
+    cache_dirs.keep_only(folder, {"traced.pt", "weights.pt"})
     return manifest, True
 
 
@@ -167,8 +174,9 @@ def measure(artifact: Path, size: int, batch_sizes: list[int], threads: int, dev
     """P50 forward latency per batch size and resident bytes, in a fresh process unless ``isolated`` is False."""
     if not isolated:
         from shoal.trace.detector_measure import measure as run
+        from shoal.trace.timing import QUICK
 
-        return run(artifact, size, batch_sizes, threads, device, min_runs=2, max_runs=3, budget_s=0.2)
+        return run(artifact, size, batch_sizes, threads, device, budget=QUICK)
     cmd = [sys.executable, "-m", "shoal.trace.detector_measure", str(artifact), "--image-size", str(size),
            "--batch-sizes", ",".join(map(str, batch_sizes)), "--threads", str(threads), "--device", device]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})

@@ -1,7 +1,8 @@
-"""Measure a saved artifact: resident memory added by loading it, and P50 latency per batch size.
+"""Measure a saved artifact: resident memory added by loading it, and latency per batch size.
 
 Run as its own process (``python -m shoal.trace.measure``) so the figures are not
-polluted by the tracing process's memory and caches.
+polluted by the tracing process's memory and caches. The timing itself, and why it can be
+trusted on a busy machine (or says it cannot), is ``shoal.trace.timing``.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
+
+from shoal.trace.timing import Budget, Timings, time_forwards
 
 
 def rss_bytes() -> int:
@@ -21,22 +24,14 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def uncontended_p50(times_ms: list[float], window: int = 5) -> float:
-    """The lowest median of consecutive ``window``-run windows: the P50 of the quietest stretch.
-
-    Profiles are taken on machines that may be busy (CI, a shared build host): one burst of
-    contention used to inflate a median ~80x and flip the precision choice. Taking the best
-    window keeps the model's own latency and drops what a neighbour added; with fewer runs than
-    two windows it is the plain median.
-    """
-    if len(times_ms) < 2 * window:
-        return statistics.median(times_ms)
-    return min(statistics.median(times_ms[i:i + window]) for i in range(0, len(times_ms) - window + 1, window))
-
-
 def measure_artifact(artifact: Path, make_inputs: Callable[[int, Any], tuple], batch_sizes: list[int], threads: int,
-                     device: str = "cpu", min_runs: int = 5, max_runs: int = 20, budget_s: float = 3.0) -> dict:
-    """Load ``artifact`` and time forwards on ``make_inputs(batch_size, generator)``, whatever the model kind."""
+                     device: str = "cpu", budget: Budget = Budget(), choice_batch: int | None = None) -> dict:
+    """Load ``artifact`` and time forwards on ``make_inputs(batch_size, generator)``, whatever the model kind.
+
+    ``choice_batch``: also time that batch size on one thread (``one_thread_ms``), the figure
+    ``precision: auto`` compares: a single compute thread's own time does not depend on what
+    else the machine runs, so the choice does not flip with load.
+    """
     import torch
 
     torch.set_num_threads(threads)
@@ -47,35 +42,71 @@ def measure_artifact(artifact: Path, make_inputs: Callable[[int, Any], tuple], b
     t0 = time.perf_counter()
     module = torch.jit.load(str(artifact), map_location=device)
     load_ms = (time.perf_counter() - t0) * 1000
-    latency: dict[int, float] = {}
     generator = torch.Generator().manual_seed(0)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    forwards: dict[int, Callable[[], object]] = {}
     with torch.inference_mode():
         for bs in batch_sizes:
             inputs = tuple(t.to(device) for t in make_inputs(bs, generator))
+            forwards[bs] = _forward(module, inputs, sync)
             for _ in range(2):  # the graph executor optimises on the first calls
-                module(*inputs)
-            times: list[float] = []
-            start = time.perf_counter()
-            while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
-                t = time.perf_counter()
-                module(*inputs)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                times.append((time.perf_counter() - t) * 1000)
-            latency[bs] = round(uncontended_p50(times), 3)
-    return {"resident_bytes": max(rss_bytes() - before, 0), "latency_ms_p50": latency, "load_ms": round(load_ms, 2)}
+                forwards[bs]()
+        timings = time_forwards(forwards, threads, budget)
+        resident = max(rss_bytes() - before, 0)
+        latency, unstable = timings.latency_ms, timings.unstable
+        if timings.starved and threads > 1:  # no run free of contention: record what can be measured under it
+            latency = _on_one_thread(forwards, budget).latency_ms
+            unstable = (f"{unstable}; recorded one thread's own time instead, an upper bound of the "
+                        f"{threads}-thread latency")
+        one_thread_ms = None
+        if choice_batch is not None:
+            one_thread_ms = latency[choice_batch] if threads == 1 or timings.starved else _on_one_thread(
+                {choice_batch: forwards[choice_batch]}, budget).latency_ms[choice_batch]
+    result: dict[str, Any] = {
+        "resident_bytes": resident, "load_ms": round(load_ms, 2),
+        "latency_ms_p50": {bs: round(ms, 3) for bs, ms in latency.items()},
+        "unstable": unstable, "cpu_wait_fraction": round(timings.wait_fraction, 4),
+        "windows_ms": {bs: [None if m is None else round(m, 3) for m in ms] for bs, ms in timings.windows.items()},
+    }
+    if one_thread_ms is not None:
+        result["one_thread_ms"] = {choice_batch: round(one_thread_ms, 3)}
+    return result
+
+
+def _forward(module: Any, inputs: tuple, sync: Callable[[], None]) -> Callable[[], object]:
+    def run() -> object:
+        out = module(*inputs)
+        sync()
+        return out
+
+    return run
+
+
+def _on_one_thread(forwards: dict[int, Callable[[], object]], budget: Budget) -> Timings:
+    """The forwards' own time on one compute thread (wall minus waiting for a CPU): a busy machine barely moves it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for forward in forwards.values():
+            forward()  # the first call on one thread re-plans the kernels
+        return time_forwards(forwards, 1, replace(budget, window=min(3, budget.window)))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def measure(artifact: Path, seq_len: int, batch_sizes: list[int], threads: int, device: str = "cpu",
-            min_runs: int = 5, max_runs: int = 20, budget_s: float = 3.0) -> dict:
-    """A text model: token ids [B, seq_len] with a full attention mask."""
+            budget: Budget = Budget()) -> dict:
+    """A text model: token ids [B, seq_len] with a full attention mask; ``one_thread_ms`` at the top batch size."""
     import torch
 
     def make_inputs(bs: int, generator: Any) -> tuple:
         ids = torch.randint(1000, 2000, (bs, seq_len), generator=generator)
         return ids, torch.ones(bs, seq_len, dtype=torch.int64)
 
-    return measure_artifact(artifact, make_inputs, batch_sizes, threads, device, min_runs, max_runs, budget_s)
+    return measure_artifact(artifact, make_inputs, batch_sizes, threads, device, budget,
+                            choice_batch=max(batch_sizes))
 
 
 def run_cli(measure_fn: Callable[..., dict], shape_flag: str, doc: str | None) -> None:
@@ -87,9 +118,11 @@ def run_cli(measure_fn: Callable[..., dict], shape_flag: str, doc: str | None) -
     parser.add_argument("--batch-sizes", required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seconds", type=float, default=Budget().seconds,
+                        help="measuring budget per batch size, in the forwards' own time")
     args = parser.parse_args()
     result = measure_fn(args.artifact, args.shape, [int(b) for b in args.batch_sizes.split(",")], args.threads,
-                        args.device)
+                        args.device, budget=Budget(seconds=args.seconds))
     json.dump(result, sys.stdout)
 
 

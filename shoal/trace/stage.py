@@ -22,7 +22,7 @@ from shoal.samples import qa_pairs, sentences
 from shoal.spec import ModelSpec
 from shoal.store.base import ModelStore
 from shoal.store.manifest import Manifest, Profile, describe_files
-from shoal import graphs
+from shoal import cache_dirs, graphs
 from shoal.trace import compilers, precision as prec
 from shoal.trace.sources import load_eager_model, load_tokenizer, save_tokenizer_json
 from shoal.trace.wrappers import wrap
@@ -44,7 +44,7 @@ class TraceOptions:
     threads: int | None = None
     isolated_profile: bool = True  # measure in a fresh process (accurate memory); False for quick tests
     force: bool = False
-    build_dir: Path = Path(".shoal/build")
+    build_dir: Path = field(default_factory=cache_dirs.build_dir)  # SHOAL_CACHE_DIR/trace_build
     log: Log = field(default=lambda msg: None)
 
 
@@ -103,11 +103,12 @@ def trace_spec(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[
         raise ShoalError(f"{spec.id}: no precision passed its checks: "
                          + "; ".join(f"{c.precision} {c.verdict}" for c in candidates))
     top_batch = max(spec.batch_sizes)
-    best = max(accepted, key=lambda c: top_batch / c.profile["latency_ms_p50"][top_batch])
+    best = prec.fastest(accepted, top_batch)  # on a figure a busy machine does not change
     opts.log(f"{spec.id}: chose {best.precision}")
     save_tokenizer_json(tokenizer, spec.seq_len, best.folder / "tokenizer.json")
     manifest = _manifest(spec, opts, key, best, candidates, model, threads)
     store.push(best.folder, manifest)
+    shutil.rmtree(work, ignore_errors=True)  # every candidate's files: the chosen one is in the store now
     return manifest, True
 
 
@@ -159,6 +160,8 @@ def _trace_candidate(spec: ModelSpec, model: Any, tokenizer: Any, precision: str
         _save_shared_graph(spec, wrapper, example, compiled.module, tuple(t.to(device) for t in fresh), folder, opts)
     opts.log(f"{spec.id}: {precision} {check.verdict()}; measuring")
     profile = _measure(folder / "model.pt", spec, threads, device, opts.isolated_profile)
+    if profile.get("unstable"):
+        opts.log(f"{spec.id}: warning: {precision} latency is not stable, recorded as such: {profile['unstable']}")
     return Candidate(precision, folder, profile, check.verdict(), check.accepted)
 
 
@@ -193,8 +196,9 @@ def _measure(artifact: Path, spec: ModelSpec, threads: int, device: str, isolate
     batch_sizes = sorted(set(spec.batch_sizes))
     if not isolated:
         from shoal.trace.measure import measure
+        from shoal.trace.timing import QUICK
 
-        result = measure(artifact, spec.seq_len, batch_sizes, threads, device, min_runs=2, max_runs=3, budget_s=0.2)
+        result = measure(artifact, spec.seq_len, batch_sizes, threads, device, budget=QUICK)
     else:
         result = _measure_isolated(artifact, spec, batch_sizes, threads, device)
     result["latency_ms_p50"] = {int(b): float(ms) for b, ms in result["latency_ms_p50"].items()}
@@ -227,6 +231,7 @@ def _manifest(spec: ModelSpec, opts: TraceOptions, key: str, best: Candidate, ca
         threads=threads,
         measured_on=f"{opts.processor} {platform.processor() or platform.machine()} x{os.cpu_count()}",
         precisions_tried={c.precision: c.verdict for c in candidates},
+        unstable=best.profile.get("unstable"),
     )
     return Manifest(
         id=spec.id, kind=spec.kind, task=spec.task, format=fmt, processor=opts.processor,  # type: ignore[arg-type]

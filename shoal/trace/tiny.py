@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shoal import cache_dirs
 from shoal.spec import ModelSpec, Source
 from shoal.store.base import ModelStore
 from shoal.store.manifest import Batching, Manifest
@@ -24,6 +25,6 @@ def make_tiny_model(store: ModelStore, model_id: str, task: str = "classificatio
                     precision: str = "fp32", build_dir: Path | None = None, **spec_kwargs: object) -> Manifest:
     """Trace a tiny random BERT for ``task`` into ``store`` (profile measured in-process, quickly)."""
     spec = tiny_spec(model_id, task, seed, precision, **spec_kwargs)  # type: ignore[arg-type]
-    opts = TraceOptions(isolated_profile=False, build_dir=build_dir or Path(".shoal/build"))
+    opts = TraceOptions(isolated_profile=False, build_dir=build_dir or cache_dirs.build_dir())
     manifest, _ = trace_spec(spec, store, opts)
     return manifest
