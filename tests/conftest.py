@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -10,6 +13,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# What shoal caches while the tests run (servers' disk tier, trace intermediates) goes to a temporary
+# folder removed at exit, never the user's ~/.cache/shoal; servers and CLIs the tests start inherit it.
+if not os.environ.get("SHOAL_CACHE_DIR"):
+    os.environ["SHOAL_CACHE_DIR"] = tempfile.mkdtemp(prefix="shoal-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SHOAL_CACHE_DIR"], True)
 
 from shoal.store.local import LocalStore  # noqa: E402
 
