@@ -20,7 +20,6 @@ import copy
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ import torch  # noqa: E402
 from shoal import graphs  # noqa: E402
 from shoal.samples import sentences  # noqa: E402
 from shoal.spec import load_spec  # noqa: E402
-from shoal.trace import quantize  # noqa: E402
+from shoal.trace import precision as gate, quantize  # noqa: E402
 from shoal.trace.sources import load_eager_model, load_tokenizer  # noqa: E402
 from shoal.trace.wrappers import wrap  # noqa: E402
 
@@ -149,13 +148,13 @@ def main() -> None:
         for name, (runner, note) in torchao_variants(model, example).items():
             variants[name] = {"run": runner, "bytes": None, "form": note}
 
-    with torch.inference_mode():
-        reference = [torch.softmax(variants["fp32"]["run"](*p), -1) for p in probes]
+    with torch.inference_mode():  # the trace stage's own gate (shoal/trace/precision.py) on every probe at once
+        reference = torch.cat([variants["fp32"]["run"](*p) for p in probes])
         for v in variants.values():
-            out = [torch.softmax(v["run"](*p).float(), -1) for p in probes]
-            v["max_probability_change"] = max((o - r).abs().max().item() for o, r in zip(out, reference))
-            v["argmax_agreement"] = statistics.mean(
-                (o.argmax(-1) == r.argmax(-1)).float().mean().item() for o, r in zip(out, reference))
+            check = gate.agreement("classification", reference, torch.cat([v["run"](*p).float() for p in probes]))
+            v["max_probability_change"] = check.max_probability_diff
+            v["argmax_agreement"] = check.argmax_agreement
+            v["gate"] = "kept" if check.accepted else "rejected"
 
     batches = {b: [encode(tokenizer, texts[i:i + b], spec.seq_len) for i in range(0, len(texts) - b + 1, b)][:32]
                for b in batch_sizes}
@@ -172,15 +171,15 @@ def main() -> None:
                "load_average_1m": os.getloadavg()[0], "torch": torch.__version__}
     print(f"# {machine}")
     print("| precision | " + " | ".join(f"batch {b} seq/s" for b in batch_sizes)
-          + " | max probability change vs fp32 | argmax agreement | weights bytes | form |")
-    print("|---|" + "---:|" * len(batch_sizes) + "---:|---:|---:|---|")
+          + " | max probability change vs fp32 | argmax agreement (confident probes) | gate | weights bytes | form |")
+    print("|---|" + "---:|" * len(batch_sizes) + "---:|---:|---|---:|---|")
     rows = []
     for name, v in variants.items():
         best = {b: max(rates[name][b]) for b in batch_sizes}
         change = "-" if name == "fp32" else f"{v['max_probability_change']:.4f}"
         size = f"{v['bytes']:,}" if v["bytes"] else "-"
         print(f"| {name} | " + " | ".join(f"{best[b]:.0f}" for b in batch_sizes)
-              + f" | {change} | {v['argmax_agreement']:.1%} | {size} | {v['form']} |")
+              + f" | {change} | {v['argmax_agreement']:.1%} | {v['gate']} | {size} | {v['form']} |")
         rows.append({"precision": name, "seq_per_s": best, "rounds": rates[name], "bytes": v["bytes"],
                      "max_probability_change": v["max_probability_change"],
                      "argmax_agreement": v["argmax_agreement"], "form": v["form"]})

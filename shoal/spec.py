@@ -18,7 +18,7 @@ from shoal.errors import UsageError
 from shoal.ids import check_model_id
 from shoal.store.manifest import Batching, Kind, Task
 
-PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16", "int8", "int8-bf16"]
+PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16", "int8", "int8-bf16", "fp32-int8emb", "bf16-int8emb"]
 
 
 class Source(BaseModel):

@@ -32,7 +32,8 @@ Kind = Literal["text", "detector", "tensor"]
 Task = Literal["embedding", "classification", "question-answering", "detection"]
 ArtifactFormat = Literal["torchscript", "neuron", "neuronx"]
 Processor = Literal["cpu", "gpu", "inf1", "inf2"]
-Precision = Literal["fp32", "bf16", "fp16", "int8", "int8-bf16"]  # int8*: shoal/trace/quantize.py
+# int8 and *-int8emb: shoal/trace/quantize.py
+Precision = Literal["fp32", "bf16", "fp16", "int8", "int8-bf16", "fp32-int8emb", "bf16-int8emb"]
 
 
 class FileEntry(BaseModel):

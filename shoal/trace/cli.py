@@ -18,7 +18,8 @@ console = Console(stderr=True)
 def trace(
     model_files: Annotated[list[Path], typer.Argument(help="catalog entries, e.g. models/minilm-cls.yaml")],
     processor: Annotated[str, typer.Option(help="cpu | gpu | inf1 | inf2")] = "cpu",
-    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16 | int8 | int8-bf16 (default: the catalog's)")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        help="auto | fp32 | bf16 | fp16 | int8 | int8-bf16 | fp32-int8emb | bf16-int8emb (default: the catalog's)")] = None,
     batch_size: Annotated[Optional[list[int]], typer.Option("--batch-size", help="batch sizes to profile")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="sequence length (overrides the catalog)")] = None,
     pipeline_cores: Annotated[int, typer.Option(help="inf1: NeuronCores to pipeline one model over")] = 1,

@@ -13,6 +13,10 @@ Precisions (the names a manifest records):
   int8       Linear layers: int8 weights per output channel x int8 activations per token (dynamic);
              word/position embeddings int8 per row; the rest (LayerNorm, attention, head) fp32.
   int8-bf16  the same with the rest in bf16.
+  fp32-int8emb, bf16-int8emb
+             only the embedding tables int8 (per row), everything else at fp32 / bf16: for a model
+             whose matmuls the gate keeps in float, its largest tensors still shrink (tried after
+             the float precision is chosen, see ``embedding_variant``).
 Weight-only int8 (``WEIGHT_ONLY``: bf16 activations, ``aten._weight_int8pack_mm``) is measured by
 ``benchmarks/precision_int8.py`` but not offered: in torch 2.13 that kernel crashes (SIGSEGV) on an
 int8 weight that is not 64-byte aligned, which a memory-mapped safetensors tensor need not be, and it
@@ -37,12 +41,14 @@ HEAD_MARKERS = ("classifier", "qa_outputs", "pooler")  # the same modules `shoal
 @dataclass(frozen=True)
 class Scheme:
     float_dtype: torch.dtype  # what every unquantised part runs in
-    linear: Literal["dynamic", "weight-only"]
+    linear: Literal["dynamic", "weight-only", "float"]
 
 
 SCHEMES: dict[str, Scheme] = {
     "int8": Scheme(torch.float32, "dynamic"),
     "int8-bf16": Scheme(torch.bfloat16, "dynamic"),
+    "fp32-int8emb": Scheme(torch.float32, "float"),
+    "bf16-int8emb": Scheme(torch.bfloat16, "float"),
 }
 WEIGHT_ONLY = Scheme(torch.bfloat16, "weight-only")  # benchmark only, see above
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -57,6 +63,12 @@ def offered(processor: str, fast_bf16: bool) -> list[str]:
     if processor != "cpu":
         return []
     return ["int8", "int8-bf16"] if fast_bf16 else ["int8"]
+
+
+def embedding_variant(precision: str, processor: str) -> str | None:
+    """The precision that keeps ``precision``'s compute but holds the embedding tables in int8, if any."""
+    variant = f"{precision}-int8emb"
+    return variant if processor == "cpu" and variant in SCHEMES else None
 
 
 def float_dtype(precision: str) -> torch.dtype:
@@ -90,7 +102,7 @@ class DynamicInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).float()
         x_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / INT8_MAX
-        q = torch.round(rows / x_scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+        q = torch.round(rows / x_scale).to(torch.int8)  # |rows| <= absmax, so no clamp is needed
         y = (torch._int_mm(q, self.weight.t()).float() * (x_scale * self.weight_scale)).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
@@ -139,12 +151,12 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
     """A copy of ``model`` (fp32, eval) under ``scheme``: cast to its float dtype, then the Linear
     layers and embedding tables outside the heads replaced by their int8 counterparts."""
     out = copy.deepcopy(model).to(dtype=scheme.float_dtype)
-    linear_cls = DynamicInt8Linear if scheme.linear == "dynamic" else WeightOnlyInt8Linear
+    linear_cls = {"dynamic": DynamicInt8Linear, "weight-only": WeightOnlyInt8Linear}.get(scheme.linear)
     replacements: list[tuple[str, nn.Module]] = []
     for name, module in out.named_modules():
         if _is_head(name):
             continue
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and linear_cls is not None:
             replacements.append((name, linear_cls(module, scheme.float_dtype)))
         elif isinstance(module, nn.Embedding) and module.weight.shape[0] > 2:  # token types (2 rows) stay float
             replacements.append((name, Int8Embedding(module, scheme.float_dtype)))

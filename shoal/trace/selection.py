@@ -14,6 +14,9 @@ import math
 from typing import Any, Protocol, Sequence
 
 FAIR_BATCH_MAX = 2  # the batch a fair multi-model server forms (docs/BENCHMARKS.md `## server`: mean ~1.2)
+# A variant that only holds fewer bytes (int8 embedding tables: the lookup dequantises a few rows) is kept
+# unless its profile is measurably slower: within this band the difference is the profile's own noise.
+SMALLER_SPEED_BAND = 0.95
 
 
 class Profiled(Protocol):
@@ -42,3 +45,9 @@ def throughput_score(profile: dict[str, Any], batch_sizes: Sequence[int]) -> flo
 def pick(accepted: Sequence[Profiled], batch_sizes: Sequence[int]) -> Profiled:
     """The accepted candidate with the highest throughput score (on a tie, the earlier, i.e. wider, precision)."""
     return max(accepted, key=lambda c: throughput_score(c.profile, batch_sizes))
+
+
+def prefer_smaller(chosen: Profiled, smaller: Profiled, batch_sizes: Sequence[int]) -> bool:
+    """Whether ``smaller`` (fewer bytes, accepted by the gate) should replace ``chosen``: not slower beyond noise."""
+    return throughput_score(smaller.profile, batch_sizes) >= SMALLER_SPEED_BAND * throughput_score(chosen.profile,
+                                                                                                   batch_sizes)

@@ -103,7 +103,7 @@ def trace_spec(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[
     with torch.inference_mode():
         reference = wrap(spec.task, model, pooling=spec.pooling, sep_token_id=tokenizer.sep_token_id or 102)(*probe)
     requested = opts.precision or spec.precision
-    if requested in quantize.SCHEMES and requested not in quantize.offered(opts.processor, True):
+    if requested in quantize.SCHEMES and opts.processor != "cpu":
         raise UsageError(f"{spec.id}: precision {requested} is offered on cpu only (asked on {opts.processor})")
     choices = ([*prec.offered_precisions(opts.processor),
                 *quantize.offered(opts.processor, prec.cpu_has_fast_bf16())] if requested == "auto" else [requested])
@@ -118,6 +118,13 @@ def trace_spec(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[
                          + "; ".join(f"{c.precision} {c.verdict}" for c in candidates))
     serving = selection.serving_batch_sizes(spec.batch_sizes, spec.serving_batch_sizes)
     best = selection.pick(accepted, serving)
+    smaller = quantize.embedding_variant(best.precision, opts.processor) if requested == "auto" else None
+    if smaller:  # the chosen float precision, with its embedding tables in int8 (half or a quarter the bytes)
+        candidates.append(_trace_candidate(spec, model, tokenizer, smaller, probe, fresh, reference, work, threads,
+                                           opts))
+        if candidates[-1].accepted and selection.prefer_smaller(best, candidates[-1], serving):
+            accepted.append(candidates[-1])
+            best = candidates[-1]
     rates = ", ".join(f"{c.precision} {selection.throughput_score(c.profile, serving):.0f}" for c in accepted)
     opts.log(f"{spec.id}: chose {best.precision} (seq/s at batch {serving}: {rates})")
     save_tokenizer_json(tokenizer, spec.seq_len, best.folder / "tokenizer.json")
