@@ -71,6 +71,8 @@ class ModelSpec(BaseModel):
             raise ValueError("a classification model needs labels")
         if any(b < 1 for b in self.batch_sizes):
             raise ValueError("batch_sizes must be positive")
+        if self.serving_batch_sizes and not set(self.serving_batch_sizes) <= set(self.batch_sizes):
+            raise ValueError("serving_batch_sizes must be among batch_sizes (the precision is chosen on their profile)")
         if (self.kind == "detector") != (self.task == "detection"):
             raise ValueError("kind detector and task detection go together")
         return self

@@ -25,12 +25,10 @@ class Profiled(Protocol):
 
 
 def serving_batch_sizes(profiled: Sequence[int], declared: Sequence[int] | None = None) -> list[int]:
-    """The batch sizes to choose at: ``declared`` (those profiled), else the small profiled ones."""
+    """The batch sizes to choose at: ``declared`` (the spec checks they are profiled), else the small profiled ones."""
     sizes = sorted(set(profiled))
     if declared:
-        chosen = [b for b in sorted(set(declared)) if b in sizes]
-        if chosen:
-            return chosen
+        return sorted(set(declared) & set(sizes)) or sizes[:1]
     small = [b for b in sizes if b <= FAIR_BATCH_MAX]
     return small or sizes[:1]
 
