@@ -19,8 +19,8 @@ Precisions (the names a manifest records):
              the float precision is chosen, see ``embedding_variant``).
 Weight-only int8 (``WEIGHT_ONLY``: bf16 activations, ``aten._weight_int8pack_mm``) is measured by
 ``benchmarks/precision_int8.py`` but not offered: in torch 2.13 that kernel crashes (SIGSEGV) on an
-int8 weight that is not 64-byte aligned, which a memory-mapped safetensors tensor need not be, and it
-is slower than plain bf16 on the dev CPU anyway.
+int8 weight memory-mapped from a safetensors file at an unaligned offset (the same tensor copied to
+fresh memory works), and it is slower than plain bf16 on the dev CPU anyway.
 Heads (classifier, QA outputs, pooler) keep the float weights: they are small, they set the
 probabilities directly, and ``shoal models synth`` re-initialises them.
 """
@@ -71,10 +71,6 @@ def embedding_variant(precision: str, processor: str) -> str | None:
     return variant if processor == "cpu" and variant in SCHEMES else None
 
 
-def float_dtype(precision: str) -> torch.dtype:
-    return SCHEMES[precision].float_dtype if precision in SCHEMES else FLOAT_DTYPES[precision]
-
-
 def symmetric_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 rows and the float32 scale of each (absmax / 127): what torchao's per-row int8 weights hold."""
     w = weight.detach().float()
@@ -84,8 +80,9 @@ def symmetric_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:
-    # Parameters (not buffers), so the graph tracer takes them as weight inputs like any float weight.
-    return nn.Parameter(t.contiguous(), requires_grad=False)
+    # Parameters (not buffers), so the graph tracer takes them as weight inputs like any float weight;
+    # a copy, so the quantised model never shares a tensor with the fp32 model it came from.
+    return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
 
 
 class DynamicInt8Linear(nn.Module):
@@ -153,7 +150,7 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
     out = copy.deepcopy(model).to(dtype=scheme.float_dtype)
     linear_cls = {"dynamic": DynamicInt8Linear, "weight-only": WeightOnlyInt8Linear}.get(scheme.linear)
     replacements: list[tuple[str, nn.Module]] = []
-    for name, module in out.named_modules():
+    for name, module in model.named_modules():  # quantised from the fp32 weights, not from their cast
         if _is_head(name):
             continue
         if isinstance(module, nn.Linear) and linear_cls is not None:
