@@ -49,7 +49,8 @@ class GateFigures(BaseModel):
     argmax_agreement: float | None = Field(None, description="fraction of probes with the same predicted class / span")
     min_cosine: float | None = Field(None, description="lowest cosine of any probe's output to fp32's")
     weight_bytes: int | None = Field(None, description="bytes of the candidate's weights")
-    seq_per_s: dict[int, float] = Field(default_factory=dict, description="measured throughput by batch size")
+    seq_per_s: dict[int, float] = Field(default_factory=dict, description="throughput by batch size the choice "
+                                        "compared: one thread's own time where measured, else the profile's latency")
 
 
 class Profile(BaseModel):

@@ -58,9 +58,9 @@ class Candidate:
     param_bytes: int = 0
 
     def gate(self) -> GateFigures:
-        latency = {int(b): float(ms) for b, ms in self.profile.get("latency_ms_p50", {}).items()}
+        sizes = sorted(int(b) for b in self.profile.get("latency_ms_p50", {}))
         figures = GateFigures(accepted=self.accepted, weight_bytes=self.param_bytes,
-                              seq_per_s={b: round(b * 1000.0 / ms, 2) for b, ms in latency.items()})
+                              seq_per_s={b: round(b * 1000.0 / prec.speed_figure(self, b), 2) for b in sizes})
         if self.check is not None:
             figures.max_probability_change = self.check.max_probability_diff
             figures.argmax_agreement = self.check.argmax_agreement
@@ -125,7 +125,7 @@ def trace_spec(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[
         if candidates[-1].accepted and selection.prefer_smaller(best, candidates[-1], serving):
             accepted.append(candidates[-1])
             best = candidates[-1]
-    rates = ", ".join(f"{c.precision} {selection.throughput_score(c.profile, serving):.0f}" for c in accepted)
+    rates = ", ".join(f"{c.precision} {selection.throughput_score(c, serving):.0f}" for c in accepted)
     opts.log(f"{spec.id}: chose {best.precision} (seq/s at batch {serving}: {rates})")
     save_tokenizer_json(tokenizer, spec.seq_len, best.folder / "tokenizer.json")
     manifest = _manifest(spec, opts, key, best, candidates, serving, threads)
@@ -219,21 +219,23 @@ def _to_cpu(out: Any) -> Any:
 
 def _measure(artifact: Path, spec: ModelSpec, threads: int, device: str, isolated: bool) -> dict[str, Any]:
     batch_sizes = sorted(set(spec.batch_sizes))
+    serving = selection.serving_batch_sizes(batch_sizes, spec.serving_batch_sizes)  # timed on one thread too
     if not isolated:
         from shoal.trace.measure import measure
         from shoal.trace.timing import QUICK
 
-        result = measure(artifact, spec.seq_len, batch_sizes, threads, device, budget=QUICK)
+        result = measure(artifact, spec.seq_len, batch_sizes, threads, device, budget=QUICK, choice_batches=serving)
     else:
-        result = _measure_isolated(artifact, spec, batch_sizes, threads, device)
+        result = _measure_isolated(artifact, spec, batch_sizes, serving, threads, device)
     result["latency_ms_p50"] = {int(b): float(ms) for b, ms in result["latency_ms_p50"].items()}
     return result
 
 
-def _measure_isolated(artifact: Path, spec: ModelSpec, batch_sizes: list[int], threads: int,
+def _measure_isolated(artifact: Path, spec: ModelSpec, batch_sizes: list[int], serving: list[int], threads: int,
                       device: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "shoal.trace.measure", str(artifact), "--seq-len", str(spec.seq_len),
-           "--batch-sizes", ",".join(map(str, batch_sizes)), "--threads", str(threads), "--device", device]
+           "--batch-sizes", ",".join(map(str, batch_sizes)), "--choice-batches", ",".join(map(str, serving)),
+           "--threads", str(threads), "--device", device]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if proc.returncode != 0:
         raise ShoalError(f"{spec.id}: measuring {artifact.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
