@@ -18,7 +18,7 @@ from shoal.errors import UsageError
 from shoal.ids import check_model_id
 from shoal.store.manifest import Batching, Kind, Task
 
-PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
+PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16", "int8", "int8-bf16", "fp32-int8emb", "bf16-int8emb"]
 
 
 class Source(BaseModel):
@@ -55,6 +55,9 @@ class ModelSpec(BaseModel):
     tokenizer: Source | None = Field(None, description="where the tokenizer comes from (default: the source)")
     seq_len: int = Field(128, ge=8, le=4096)
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8])
+    serving_batch_sizes: list[int] | None = Field(None, description="batch sizes `precision: auto` chooses at "
+                                                  "(default: the profiled ones up to 2, what a fair multi-model "
+                                                  "server runs)")
     precision: PrecisionChoice = "auto"
     labels: list[str] | None = None
     pooling: Literal["mean", "cls"] = "mean"
@@ -68,6 +71,8 @@ class ModelSpec(BaseModel):
             raise ValueError("a classification model needs labels")
         if any(b < 1 for b in self.batch_sizes):
             raise ValueError("batch_sizes must be positive")
+        if self.serving_batch_sizes and not set(self.serving_batch_sizes) <= set(self.batch_sizes):
+            raise ValueError("serving_batch_sizes must be among batch_sizes (the precision is chosen on their profile)")
         if (self.kind == "detector") != (self.task == "detection"):
             raise ValueError("kind detector and task detection go together")
         return self

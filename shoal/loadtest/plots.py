@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from shoal.loadtest.sweep import knee  # noqa: E402
 
-_STYLES = {"fp32": "-", "bf16": "--", "fp16": ":"}
+_STYLES = {"fp32": "-", "bf16": "--", "fp16": ":", "int8": "-."}
 
 
 def _batch_axis(ax: plt.Axes, rows: list[dict]) -> None:

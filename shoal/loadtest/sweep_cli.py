@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 import typer
 from rich.console import Console
 
 from shoal import cache_dirs
 from shoal.errors import UsageError
+from shoal.store.manifest import Precision
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -29,7 +30,7 @@ def sweep(
     store: Annotated[Optional[str], typer.Option(help="store URI (default: SHOAL_STORE or file://./store)")] = None,
     batch_sizes: Annotated[str, typer.Option(help="server max batch sizes")] = "1,4,8,16,32",
     clients: Annotated[str, typer.Option(help="closed-loop client counts per served point")] = "1,4,16,40",
-    precision: Annotated[Optional[str], typer.Option(help="e.g. fp32,bf16 (default: the model's own)")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="e.g. fp32,bf16,int8 (default: the model's own)")] = None,
     duration: Annotated[str, typer.Option(help="measured time per served point")] = "5s",
     warmup: Annotated[str, typer.Option(help="unrecorded time before each served point")] = "1s",
     inprocess_seconds: Annotated[float, typer.Option(help="time per batch size in-process")] = 2.0,
@@ -57,8 +58,8 @@ def sweep(
         raise UsageError("give exactly one of --model ID or --spec models/X.yaml")
     precisions = [p.strip() for p in precision.split(",")] if precision else None
     for p in precisions or []:
-        if p not in ("fp32", "bf16", "fp16"):
-            raise UsageError(f"--precision {p!r}: use fp32, bf16 or fp16")
+        if p not in get_args(Precision):
+            raise UsageError(f"--precision {p!r}: use {', '.join(get_args(Precision))}")
     bs, cl = _ints(batch_sizes, "--batch-sizes"), _ints(clients, "--clients")
     if not served and not inprocess:
         raise UsageError("nothing to measure: drop --no-served or --no-inprocess")

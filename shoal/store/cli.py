@@ -32,6 +32,24 @@ def _fmt_bytes(n: int) -> str:
     return str(n)
 
 
+def _gate_summary(m: Manifest) -> str:
+    """The accuracy gate's figures for the stored precision, then which candidates it refused."""
+    gate = m.profile.gate if m.profile else {}
+    figures = gate.get(m.precision)
+    if figures is None:
+        return "-"
+    if m.precision == "fp32":
+        shown = "reference"
+    elif figures.max_probability_change is not None:
+        shown = f"\u0394p {figures.max_probability_change:.4f}"
+    else:
+        shown = f"cos {figures.min_cosine:.5f}" if figures.min_cosine is not None else "?"
+    if figures.argmax_agreement is not None and m.precision != "fp32" and m.task != "embedding":
+        shown += f", argmax {figures.argmax_agreement:.1%}"
+    refused = [name for name, f in gate.items() if not f.accepted]
+    return shown + (f"; refused {', '.join(refused)}" if refused else "")
+
+
 @models_app.command("list")
 def list_models(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the models in the store with their measured profiles."""
@@ -41,15 +59,16 @@ def list_models(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("-
         typer.echo(json.dumps([m.model_dump() for m in manifests], indent=2))
         return
     table = Table(title=f"models in {s.uri}")
-    for col in ("id", "task", "precision", "params", "resident", "latency p50 ms by batch"):
+    for col in ("id", "task", "precision", "weights", "resident", "gate vs fp32", "latency p50 ms by batch"):
         table.add_column(col, no_wrap=True)
     for m in manifests:
         p = m.profile
         lat = ", ".join(f"b{b}: {ms:.1f}" for b, ms in sorted(p.latency_ms_p50.items())) if p else "-"
         if p and p.unstable:
             lat += " (unstable: see `shoal models show`)"
-        table.add_row(m.id, m.task, m.precision, _fmt_bytes(p.param_bytes) if p else "-",
-                      _fmt_bytes(p.resident_bytes) if p else "-", lat)
+        weights = m.weight_bytes or (p.param_bytes if p else 0)
+        table.add_row(m.id, m.task, m.precision, _fmt_bytes(weights) if weights else "-",
+                      _fmt_bytes(p.resident_bytes) if p else "-", _gate_summary(m), lat)
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)

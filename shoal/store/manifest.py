@@ -32,12 +32,25 @@ Kind = Literal["text", "detector", "tensor"]
 Task = Literal["embedding", "classification", "question-answering", "detection"]
 ArtifactFormat = Literal["torchscript", "neuron", "neuronx"]
 Processor = Literal["cpu", "gpu", "inf1", "inf2"]
-Precision = Literal["fp32", "bf16", "fp16"]
+# int8 and *-int8emb: shoal/trace/quantize.py
+Precision = Literal["fp32", "bf16", "fp16", "int8", "int8-bf16", "fp32-int8emb", "bf16-int8emb"]
 
 
 class FileEntry(BaseModel):
     sha256: str
     size: int
+
+
+class GateFigures(BaseModel):
+    """What the accuracy gate measured for one candidate precision against fp32 (shoal/trace/precision.py)."""
+
+    accepted: bool
+    max_probability_change: float | None = Field(None, description="classification: largest class probability change")
+    argmax_agreement: float | None = Field(None, description="fraction of probes with the same predicted class / span")
+    min_cosine: float | None = Field(None, description="lowest cosine of any probe's output to fp32's")
+    weight_bytes: int | None = Field(None, description="bytes of the candidate's weights")
+    seq_per_s: dict[int, float] = Field(default_factory=dict, description="throughput by batch size the choice "
+                                        "compared: one thread's own time where measured, else the profile's latency")
 
 
 class Profile(BaseModel):
@@ -53,6 +66,9 @@ class Profile(BaseModel):
     unstable: str | None = Field(None, description="why the latency figures could not be measured stably (a busy "
                                  "machine); they are the best estimate, not a reproduced one. Re-trace with --force "
                                  "on a quiet machine")
+    gate: dict[str, GateFigures] = Field(default_factory=dict, description="precision -> the gate's figures")
+    serving_batch_sizes: list[int] = Field(default_factory=list, description="batch sizes the precision was "
+                                           "chosen at (the ones the server runs; shoal/trace/selection.py)")
 
     def throughput_at(self, batch_size: int) -> float:
         """Sequences per second at one batch size (one executor)."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 import typer
 from rich.console import Console
 
 from shoal import cache_dirs
 from shoal.config import load_settings, parse_bytes
+from shoal.store.manifest import Precision
 
 console = Console(stderr=True)
 
@@ -17,7 +18,8 @@ console = Console(stderr=True)
 def trace(
     model_files: Annotated[list[Path], typer.Argument(help="catalog entries, e.g. models/minilm-cls.yaml")],
     processor: Annotated[str, typer.Option(help="cpu | gpu | inf1 | inf2")] = "cpu",
-    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16 (default: the catalog's)")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        help="auto | fp32 | bf16 | fp16 | int8 | int8-bf16 | fp32-int8emb | bf16-int8emb (default: the catalog's)")] = None,
     batch_size: Annotated[Optional[list[int]], typer.Option("--batch-size", help="batch sizes to profile")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="sequence length (overrides the catalog)")] = None,
     pipeline_cores: Annotated[int, typer.Option(help="inf1: NeuronCores to pipeline one model over")] = 1,
@@ -32,8 +34,8 @@ def trace(
 
     if processor not in ("cpu", "gpu", "inf1", "inf2"):
         raise UsageError(f"unknown processor {processor!r}: use cpu, gpu, inf1 or inf2")
-    if precision not in (None, "auto", "fp32", "bf16", "fp16"):
-        raise UsageError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
+    if precision not in (None, "auto", *get_args(Precision)):
+        raise UsageError(f"unknown precision {precision!r}: use auto, {', '.join(get_args(Precision))}")
     specs = [load_spec(p) for p in model_files]  # validate every file before tracing any
     settings = load_settings(store=store)
     model_store = store_from_settings(settings)

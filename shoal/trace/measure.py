@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from shoal.trace.timing import Budget, Timings, time_forwards
 
@@ -25,11 +25,12 @@ def rss_bytes() -> int:
 
 
 def measure_artifact(artifact: Path, make_inputs: Callable[[int, Any], tuple], batch_sizes: list[int], threads: int,
-                     device: str = "cpu", budget: Budget = Budget(), choice_batch: int | None = None) -> dict:
+                     device: str = "cpu", budget: Budget = Budget(),
+                     choice_batch: int | Sequence[int] | None = None) -> dict:
     """Load ``artifact`` and time forwards on ``make_inputs(batch_size, generator)``, whatever the model kind.
 
-    ``choice_batch``: also time that batch size on one thread (``one_thread_ms``), the figure
-    ``precision: auto`` compares: a single compute thread's own time does not depend on what
+    ``choice_batch``: also time that batch size (or those) on one thread (``one_thread_ms``), the
+    figure ``precision: auto`` compares: a single compute thread's own time does not depend on what
     else the machine runs, so the choice does not flip with load.
     """
     import torch
@@ -58,10 +59,11 @@ def measure_artifact(artifact: Path, make_inputs: Callable[[int, Any], tuple], b
             latency = _on_one_thread(forwards, budget).latency_ms
             unstable = (f"{unstable}; recorded one thread's own time instead, an upper bound of the "
                         f"{threads}-thread latency")
-        one_thread_ms = None
-        if choice_batch is not None:
-            one_thread_ms = latency[choice_batch] if threads == 1 or timings.starved else _on_one_thread(
-                {choice_batch: forwards[choice_batch]}, budget).latency_ms[choice_batch]
+        choices = [choice_batch] if isinstance(choice_batch, int) else list(choice_batch or [])
+        one_thread_ms: dict[int, float] | None = None
+        if choices:
+            one_thread_ms = {b: latency[b] for b in choices} if threads == 1 or timings.starved else _on_one_thread(
+                {b: forwards[b] for b in choices}, budget).latency_ms
     result: dict[str, Any] = {
         "resident_bytes": resident, "load_ms": round(load_ms, 2),
         "latency_ms_p50": {bs: round(ms, 3) for bs, ms in latency.items()},
@@ -69,7 +71,7 @@ def measure_artifact(artifact: Path, make_inputs: Callable[[int, Any], tuple], b
         "windows_ms": {bs: [None if m is None else round(m, 3) for m in ms] for bs, ms in timings.windows.items()},
     }
     if one_thread_ms is not None:
-        result["one_thread_ms"] = {choice_batch: round(one_thread_ms, 3)}
+        result["one_thread_ms"] = {b: round(ms, 3) for b, ms in one_thread_ms.items()}
     return result
 
 
@@ -97,8 +99,9 @@ def _on_one_thread(forwards: dict[int, Callable[[], object]], budget: Budget) ->
 
 
 def measure(artifact: Path, seq_len: int, batch_sizes: list[int], threads: int, device: str = "cpu",
-            budget: Budget = Budget()) -> dict:
-    """A text model: token ids [B, seq_len] with a full attention mask; ``one_thread_ms`` at the top batch size."""
+            budget: Budget = Budget(), choice_batches: Sequence[int] | None = None) -> dict:
+    """A text model: token ids [B, seq_len] with a full attention mask; ``one_thread_ms`` at ``choice_batches``
+    (the serving batch sizes the precision is chosen at; default the top batch size)."""
     import torch
 
     def make_inputs(bs: int, generator: Any) -> tuple:
@@ -106,7 +109,7 @@ def measure(artifact: Path, seq_len: int, batch_sizes: list[int], threads: int, 
         return ids, torch.ones(bs, seq_len, dtype=torch.int64)
 
     return measure_artifact(artifact, make_inputs, batch_sizes, threads, device, budget,
-                            choice_batch=max(batch_sizes))
+                            choice_batch=list(choice_batches or [max(batch_sizes)]))
 
 
 def run_cli(measure_fn: Callable[..., dict], shape_flag: str, doc: str | None) -> None:
@@ -120,9 +123,11 @@ def run_cli(measure_fn: Callable[..., dict], shape_flag: str, doc: str | None) -
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seconds", type=float, default=Budget().seconds,
                         help="measuring budget per batch size, in the forwards' own time")
+    parser.add_argument("--choice-batches", default="", help="batch sizes to also time on one thread (text models)")
     args = parser.parse_args()
+    extra = {"choice_batches": [int(b) for b in args.choice_batches.split(",")]} if args.choice_batches else {}
     result = measure_fn(args.artifact, args.shape, [int(b) for b in args.batch_sizes.split(",")], args.threads,
-                        args.device, budget=Budget(seconds=args.seconds))
+                        args.device, budget=Budget(seconds=args.seconds), **extra)
     json.dump(result, sys.stdout)
 
 

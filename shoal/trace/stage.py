@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -17,13 +16,13 @@ from typing import Any, Callable
 
 import torch
 
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, UsageError
 from shoal.samples import qa_pairs, sentences
 from shoal.spec import ModelSpec
 from shoal.store.base import ModelStore
-from shoal.store.manifest import Manifest, Profile, describe_files
+from shoal.store.manifest import GateFigures, Manifest, Profile, describe_files
 from shoal import cache_dirs, graphs
-from shoal.trace import compilers, precision as prec
+from shoal.trace import compilers, precision as prec, quantize, selection
 from shoal.trace.sources import load_eager_model, load_tokenizer, save_tokenizer_json
 from shoal.trace.wrappers import wrap
 
@@ -55,6 +54,18 @@ class Candidate:
     profile: dict[str, Any]
     verdict: str
     accepted: bool
+    check: prec.Agreement | None = None
+    param_bytes: int = 0
+
+    def gate(self) -> GateFigures:
+        sizes = sorted(int(b) for b in self.profile.get("latency_ms_p50", {}))
+        figures = GateFigures(accepted=self.accepted, weight_bytes=self.param_bytes,
+                              seq_per_s={b: round(b * 1000.0 / prec.speed_figure(self, b), 2) for b in sizes})
+        if self.check is not None:
+            figures.max_probability_change = self.check.max_probability_diff
+            figures.argmax_agreement = self.check.argmax_agreement
+            figures.min_cosine = self.check.min_cosine
+        return figures
 
 
 def trace_key(spec: ModelSpec, opts: TraceOptions) -> str:
@@ -92,7 +103,10 @@ def trace_spec(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[
     with torch.inference_mode():
         reference = wrap(spec.task, model, pooling=spec.pooling, sep_token_id=tokenizer.sep_token_id or 102)(*probe)
     requested = opts.precision or spec.precision
-    choices = prec.offered_precisions(opts.processor) if requested == "auto" else [requested]
+    if requested in quantize.SCHEMES and opts.processor != "cpu":
+        raise UsageError(f"{spec.id}: precision {requested} is offered on cpu only (asked on {opts.processor})")
+    choices = ([*prec.offered_precisions(opts.processor),
+                *quantize.offered(opts.processor, prec.cpu_has_fast_bf16())] if requested == "auto" else [requested])
     work = opts.build_dir / spec.id
     candidates = []
     for precision in choices:
@@ -102,11 +116,19 @@ def trace_spec(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[
     if not accepted:
         raise ShoalError(f"{spec.id}: no precision passed its checks: "
                          + "; ".join(f"{c.precision} {c.verdict}" for c in candidates))
-    top_batch = max(spec.batch_sizes)
-    best = prec.fastest(accepted, top_batch)  # on a figure a busy machine does not change
-    opts.log(f"{spec.id}: chose {best.precision}")
+    serving = selection.serving_batch_sizes(spec.batch_sizes, spec.serving_batch_sizes)
+    best = selection.pick(accepted, serving)
+    smaller = quantize.embedding_variant(best.precision, opts.processor) if requested == "auto" else None
+    if smaller:  # the chosen float precision, with its embedding tables in int8 (half or a quarter the bytes)
+        candidates.append(_trace_candidate(spec, model, tokenizer, smaller, probe, fresh, reference, work, threads,
+                                           opts))
+        if candidates[-1].accepted and selection.prefer_smaller(best, candidates[-1], serving):
+            accepted.append(candidates[-1])
+            best = candidates[-1]
+    rates = ", ".join(f"{c.precision} {selection.throughput_score(c, serving):.0f}" for c in accepted)
+    opts.log(f"{spec.id}: chose {best.precision} (seq/s at batch {serving}: {rates})")
     save_tokenizer_json(tokenizer, spec.seq_len, best.folder / "tokenizer.json")
-    manifest = _manifest(spec, opts, key, best, candidates, model, threads)
+    manifest = _manifest(spec, opts, key, best, candidates, serving, threads)
     store.push(best.folder, manifest)
     shutil.rmtree(work, ignore_errors=True)  # every candidate's files: the chosen one is in the store now
     return manifest, True
@@ -125,9 +147,8 @@ def _tokenize_probes(spec: ModelSpec, tokenizer: Any, n: int, seed: int) -> tupl
 
 def _trace_candidate(spec: ModelSpec, model: Any, tokenizer: Any, precision: str, probe: tuple, fresh: tuple,
                      reference: Any, work: Path, threads: int, opts: TraceOptions) -> Candidate:
-    dtype = prec.DTYPES[precision]
     device = "cuda" if opts.processor == "gpu" else "cpu"
-    typed = copy.deepcopy(model).to(device=device, dtype=dtype)
+    typed = quantize.model_at_precision(model, precision, device)
     wrapper = wrap(spec.task, typed, pooling=spec.pooling, sep_token_id=tokenizer.sep_token_id or 102)
     folder = work / f"{opts.processor}-{precision}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -155,6 +176,9 @@ def _trace_candidate(spec: ModelSpec, model: Any, tokenizer: Any, precision: str
     check = prec.agreement(spec.task, reference, _to_cpu(candidate_out), probe[1])
     if precision == "fp32":
         check.accepted = True
+    if not check.accepted:  # a candidate the gate refused is never served: no need to save or measure it
+        opts.log(f"{spec.id}: {precision} {check.verdict()}")
+        return Candidate(precision, folder, {}, check.verdict(), False, check, quantize.parameter_bytes(wrapper))
     torch.jit.save(compiled.module, str(folder / "model.pt"))
     if compiled.format == "torchscript":
         _save_shared_graph(spec, wrapper, example, compiled.module, tuple(t.to(device) for t in fresh), folder, opts)
@@ -162,7 +186,8 @@ def _trace_candidate(spec: ModelSpec, model: Any, tokenizer: Any, precision: str
     profile = _measure(folder / "model.pt", spec, threads, device, opts.isolated_profile)
     if profile.get("unstable"):
         opts.log(f"{spec.id}: warning: {precision} latency is not stable, recorded as such: {profile['unstable']}")
-    return Candidate(precision, folder, profile, check.verdict(), check.accepted)
+    return Candidate(precision, folder, profile, check.verdict(), check.accepted, check,
+                     quantize.parameter_bytes(wrapper))
 
 
 def _save_shared_graph(spec: ModelSpec, wrapper: Any, example: tuple, frozen: Any, fresh: tuple, folder: Path,
@@ -194,21 +219,23 @@ def _to_cpu(out: Any) -> Any:
 
 def _measure(artifact: Path, spec: ModelSpec, threads: int, device: str, isolated: bool) -> dict[str, Any]:
     batch_sizes = sorted(set(spec.batch_sizes))
+    serving = selection.serving_batch_sizes(batch_sizes, spec.serving_batch_sizes)  # timed on one thread too
     if not isolated:
         from shoal.trace.measure import measure
         from shoal.trace.timing import QUICK
 
-        result = measure(artifact, spec.seq_len, batch_sizes, threads, device, budget=QUICK)
+        result = measure(artifact, spec.seq_len, batch_sizes, threads, device, budget=QUICK, choice_batches=serving)
     else:
-        result = _measure_isolated(artifact, spec, batch_sizes, threads, device)
+        result = _measure_isolated(artifact, spec, batch_sizes, serving, threads, device)
     result["latency_ms_p50"] = {int(b): float(ms) for b, ms in result["latency_ms_p50"].items()}
     return result
 
 
-def _measure_isolated(artifact: Path, spec: ModelSpec, batch_sizes: list[int], threads: int,
+def _measure_isolated(artifact: Path, spec: ModelSpec, batch_sizes: list[int], serving: list[int], threads: int,
                       device: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "shoal.trace.measure", str(artifact), "--seq-len", str(spec.seq_len),
-           "--batch-sizes", ",".join(map(str, batch_sizes)), "--threads", str(threads), "--device", device]
+           "--batch-sizes", ",".join(map(str, batch_sizes)), "--choice-batches", ",".join(map(str, serving)),
+           "--threads", str(threads), "--device", device]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if proc.returncode != 0:
         raise ShoalError(f"{spec.id}: measuring {artifact.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -216,15 +243,13 @@ def _measure_isolated(artifact: Path, spec: ModelSpec, batch_sizes: list[int], t
 
 
 def _manifest(spec: ModelSpec, opts: TraceOptions, key: str, best: Candidate, candidates: list[Candidate],
-              model: Any, threads: int) -> Manifest:
+              serving: list[int], threads: int) -> Manifest:
     fmt = {"inf1": "neuron", "inf2": "neuronx"}.get(opts.processor, "torchscript")
     shared = fmt == "torchscript"  # a shared graph + this model's weights; Neuron graphs hold their weights
     files = [GRAPH_FILE, WEIGHTS_FILE, "tokenizer.json"] if shared else ["model.pt", "tokenizer.json"]
-    dtype_size = torch.finfo(prec.DTYPES[best.precision]).bits // 8
-    param_bytes = sum(p.numel() for p in model.parameters()) * dtype_size
     latency = {int(b): float(ms) for b, ms in best.profile["latency_ms_p50"].items()}
     profile = Profile(
-        param_bytes=param_bytes,
+        param_bytes=best.param_bytes,
         artifact_bytes=sum((best.folder / f).stat().st_size for f in files if f != "tokenizer.json"),
         resident_bytes=int(best.profile["resident_bytes"]),
         latency_ms_p50=latency,
@@ -232,6 +257,8 @@ def _manifest(spec: ModelSpec, opts: TraceOptions, key: str, best: Candidate, ca
         measured_on=f"{opts.processor} {platform.processor() or platform.machine()} x{os.cpu_count()}",
         precisions_tried={c.precision: c.verdict for c in candidates},
         unstable=best.profile.get("unstable"),
+        gate={c.precision: c.gate() for c in candidates},
+        serving_batch_sizes=serving,
     )
     return Manifest(
         id=spec.id, kind=spec.kind, task=spec.task, format=fmt, processor=opts.processor,  # type: ignore[arg-type]

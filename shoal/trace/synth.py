@@ -139,7 +139,11 @@ class _Noise:
         if name not in self.scales:
             self.scales[name] = base.float().std().item() if base.numel() > 1 else 0.0
         noise = self.window(base.numel(), generator).view(base.shape) * (step * max(self.scales[name], 1e-3))
-        return (base.float() + noise).to(base.dtype).contiguous()
+        noisy = base.float() + noise
+        if not base.is_floating_point():  # int8 weights (shoal/trace/quantize.py): round, stay in range
+            info = torch.iinfo(base.dtype)
+            noisy = noisy.round().clamp(info.min, info.max)
+        return noisy.to(base.dtype).contiguous()
 
 
 _NOISE: list[_Noise] = []
