@@ -20,6 +20,7 @@ import copy
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -104,6 +105,14 @@ def time_round(model: Callable, batches: list[tuple], seconds: float) -> float:
 
 
 def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="shoal-int8-bench-"))  # ~250 MB of traced variants, removed at the end
+    try:
+        run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default="models/minilm-cls.yaml")
     parser.add_argument("--batch-sizes", default="1,8")
@@ -124,7 +133,6 @@ def main() -> None:
     probes = [encode(tokenizer, sentences(16, seed=100 + i), spec.seq_len) for i in range(args.probes // 16)]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     texts = sentences(256, seed=11)
-    work = Path(tempfile.mkdtemp(prefix="shoal-int8-bench-"))
 
     variants: dict[str, dict[str, Any]] = {}
     for precision in SWAPPABLE:
