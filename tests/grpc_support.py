@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from shoal.store import open_store
 from shoal.store.base import ModelStore
 from shoal.trace.tiny import make_tiny_model
 from tests.detector_support import make_tiny_detector
-from tests.server_fixtures import ServerProcess
+from tests.server_fixtures import ServerProcess, add_broken_copy
 
 _ADDRESS = re.compile(r"KServe v2 gRPC at (\S+)")
 
@@ -46,11 +45,5 @@ def mixed_store(root: Path) -> ModelStore:
     make_tiny_model(store, "tiny-cls", task="classification", seed=0, build_dir=root / "build")
     make_tiny_model(store, "tiny-qa", task="question-answering", seed=3, build_dir=root / "build")
     make_tiny_detector(store, "tiny-det", root / "build-det")
-    src, dst = root / "store" / "tiny-cls", root / "store" / "broken"
-    shutil.copytree(src, dst)
-    manifest = store.read_manifest("tiny-cls").model_copy(update={"id": "broken"})
-    (dst / "shoal.json").write_text(manifest.model_dump_json(indent=2))
-    with open(dst / (manifest.weights or manifest.artifact), "r+b") as fh:
-        fh.seek(100)
-        fh.write(b"corrupted")
+    add_broken_copy(store, root / "store", "tiny-cls")
     return store

@@ -15,6 +15,7 @@ import pytest
 from shoal.store.local import LocalStore
 from shoal.trace.tiny import make_tiny_model
 from tests.redis_server import start_redis
+from tests.server_fixtures import add_broken_copy
 
 
 @pytest.fixture(scope="session")
@@ -105,11 +106,7 @@ def _build_models(root: Path) -> str:
     store = LocalStore(root / "store")
     make_tiny_model(store, "tiny-a", task="classification", build_dir=root / "build")
     clone_model(root / "store", "tiny-a", "tiny-b")
-    clone_model(root / "store", "tiny-a", "broken")
-    weights = store.read_manifest("tiny-a").weights or "model.pt"
-    with open(root / "store" / "broken" / weights, "r+b") as fh:
-        fh.seek(100)
-        fh.write(b"corrupted")
+    add_broken_copy(store, root / "store", "tiny-a")
     return store.uri
 
 

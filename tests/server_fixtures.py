@@ -106,15 +106,19 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     store = open_store(f"file://{root / 'store'}")
     for model_id, (task, seed) in TINY.items():
         make_tiny_model(store, model_id, task=task, seed=seed, build_dir=root / "build")
-    # "broken": a copy of tiny-cls under its own id, whose weights are then corrupted on disk
-    src, dst = root / "store" / "tiny-cls", root / "store" / "broken"
-    shutil.copytree(src, dst)
-    manifest = store.read_manifest("tiny-cls").model_copy(update={"id": "broken"})
-    (dst / "shoal.json").write_text(manifest.model_dump_json(indent=2))
-    with open(dst / (manifest.weights or manifest.artifact), "r+b") as fh:
+    add_broken_copy(store, root / "store", "tiny-cls")
+    return store
+
+
+def add_broken_copy(store: ModelStore, root: Path, src: str, dst: str = "broken") -> None:
+    """``dst``: a copy of ``src`` under its own id whose weights file is then corrupted on disk
+    (its manifest still names the good sha256, so every load of it must fail its check)."""
+    shutil.copytree(root / src, root / dst)
+    manifest = store.read_manifest(src).model_copy(update={"id": dst})
+    (root / dst / "shoal.json").write_text(manifest.model_dump_json(indent=2))
+    with open(root / dst / (manifest.weights or manifest.artifact), "r+b") as fh:
         fh.seek(100)
         fh.write(b"corrupted")
-    return store
 
 
 @pytest.fixture(scope="session")
