@@ -75,6 +75,46 @@ class Profile(BaseModel):
         return batch_size * 1000.0 / self.latency_ms_p50[batch_size]
 
 
+class TensorEntry(BaseModel):
+    """One weight tensor, addressed by its content: identical tensors share one digest, so a family of
+    fine-tunes stores, fetches and holds each tensor it shares with its base once (docs/ARCHITECTURE.md
+    `## Model families`)."""
+
+    sha256: str = Field(description="sha256 of the tensor's dtype, shape and bytes (shoal/store/tensors.py)")
+    file: str = Field(description="the safetensors file in `files` that holds it")
+    key: str | None = Field(None, description="its name inside that file, when not the tensor's own name")
+    dtype: str
+    shape: list[int]
+
+    @property
+    def nbytes(self) -> int:
+        from shoal.store.tensors import dtype_size
+
+        n = dtype_size(self.dtype)
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class Adapter(BaseModel):
+    """A LoRA adapter served unmerged over its base: y = W x + b + (alpha / rank) * B (A x) per target module.
+
+    ``tensors`` then holds ``<target>.lora_A`` [rank, in] and ``<target>.lora_B`` [out, rank] for every
+    target, beside the base's tensors (by digest: stored and held once for the whole family).
+    """
+
+    kind: Literal["lora"] = "lora"
+    rank: int = Field(gt=0)
+    alpha: float = Field(gt=0)
+    targets: list[str] = Field(min_length=1, description="module names in the graph's naming, e.g. "
+                               "model.bert.encoder.layer.0.attention.self.query")
+    base: str = Field(description="id of the model the adapter was trained over")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
 class Batching(BaseModel):
     max_batch_size: int = 8
     max_delay_ms: float = 2.0
@@ -96,6 +136,12 @@ class Manifest(BaseModel):
                                 "set, the artifact is a graph shared by every model of its architecture; unset, "
                                 "the artifact holds its weights (frozen)")
     tokenizer: str | None = "tokenizer.json"
+    tensors: dict[str, TensorEntry] = Field(default_factory=dict, description="the model's weights by "
+                                            "content digest, each read from a file in `files`; set, it is what "
+                                            "the server loads (the graph's weights, plus an adapter's)")
+    adapter: Adapter | None = None
+    family_graph: str | None = Field(None, description="TorchScript graph in `files` that runs a batch "
+                                     "mixing members of one family (shoal/family/graph.py)")
     files: dict[str, FileEntry] = Field(default_factory=dict)
     profile: Profile | None = None
     batching: Batching = Field(default_factory=Batching)
@@ -111,14 +157,24 @@ class Manifest(BaseModel):
             check_file_name(name)
         return files
 
-    @field_validator("artifact", "tokenizer", "weights")
+    @field_validator("artifact", "tokenizer", "weights", "family_graph")
     @classmethod
     def _safe_name(cls, name: str | None) -> str | None:
         return None if name is None else check_file_name(name)
 
+    @field_validator("tensors")
+    @classmethod
+    def _safe_tensor_files(cls, tensors: dict[str, TensorEntry]) -> dict[str, TensorEntry]:
+        for t in tensors.values():
+            check_file_name(t.file)
+        return tensors
+
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the weights file (0 for a frozen artifact, whose weights are inside it)."""
+        """Bytes of the model's weights: its tensors (shared ones included) when listed, else the weights
+        file (0 for a frozen artifact, whose weights are inside it)."""
+        if self.tensors:
+            return sum(t.nbytes for t in self.tensors.values())
         entry = self.files.get(self.weights) if self.weights else None
         return entry.size if entry else 0
 
