@@ -45,6 +45,7 @@ class Pending:
     queue_s: float = 0.0
     times: StageTimes = field(default_factory=StageTimes)
     batch_size: int = 0
+    owner: "ModelBatcher | None" = None  # the model's queue it came through (family batches mix models)
 
 
 class ModelBatcher:
@@ -66,6 +67,27 @@ class ModelBatcher:
         self.timer: asyncio.TimerHandle | None = None  # waiting for batch-mates
         self.force = False  # the wait is over: dispatch what is there
         self.batch_s = 0.0  # moving average of one batch's run time (0: not measured yet)
+        self.group: set[ModelBatcher] | None = None  # resident members of its family: they share batches
+
+
+class BatchGroups:
+    """The resident models that may share one batch, by their handler's ``batch_group`` (a family)."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, set[ModelBatcher]] = {}
+
+    def join(self, b: ModelBatcher) -> None:
+        key = b.handler.batch_group
+        if key is not None:
+            b.group = self._groups.setdefault(key, set())
+            b.group.add(b)
+
+    def leave(self, b: ModelBatcher) -> None:
+        key = b.handler.batch_group
+        if b.group is not None:
+            b.group.discard(b)
+            if not b.group and key is not None and self._groups.get(key) is b.group:
+                del self._groups[key]
 
 
 class Scheduler:
@@ -104,7 +126,7 @@ class Scheduler:
                              "retry later")
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
-        p = Pending(inputs, single, encode, loop.create_future(), time.perf_counter())
+        p = Pending(inputs, single, encode, loop.create_future(), time.perf_counter(), owner=b)
         p.deadline = p.enqueued + timeout_s
         p.timer = loop.call_later(timeout_s, self._expire, b, p, deadline_s or timeout_s)
         b.concurrency += CONCURRENCY_ALPHA * (b.outstanding - b.concurrency)
@@ -148,7 +170,7 @@ class Scheduler:
             if b.queue:
                 self._push(b)
             self.free -= 1
-            fut = self.executor.submit(_run_batch, b.handler, batch, b.max_batch)
+            fut = self.executor.submit(_run_batch, b.handler, batch, b.max_batch)  # the head's model leads
             fut.add_done_callback(lambda f, b=b, batch=batch: loop.call_soon_threadsafe(self._done, b, batch, f))
 
     def _shed(self, b: ModelBatcher, now: float) -> bool:
@@ -176,6 +198,8 @@ class Scheduler:
         more than ``fairness`` x the average queue time: batching must not buy throughput with
         unfair latency (with many models, most requests find an older one of their model queued).
         """
+        if b.group is not None and len(b.group) > 1:
+            return self._take_group(b)
         batch: list[Pending] = []
         count = 0
         limit = self._heap[0][0] + self.fairness * self.wait_avg_s if self._heap else float("inf")
@@ -188,6 +212,35 @@ class Scheduler:
         b.queued_inputs -= count
         self.queued_total -= count
         b.force = False
+        return batch
+
+    def _take_group(self, b: ModelBatcher) -> list[Pending]:
+        """The oldest requests of ``b``'s family, whichever member they are for, up to max_batch inputs.
+
+        Members share the batch in arrival order, so none waits behind another's backlog; the same
+        fairness limit as ``_take`` keeps the family from overtaking other models' older requests.
+        """
+        group = b.group
+        assert group is not None
+        others = [entry[0] for entry in self._heap if entry[2] not in group]
+        limit = min(others) + self.fairness * self.wait_avg_s if others else float("inf")
+        queues = [m for m in group if m.queue]
+        batch: list[Pending] = []
+        count = 0
+        while queues:
+            head = min(queues, key=lambda m: m.queue[0].enqueued)
+            p = head.queue[0]
+            if batch and (count + len(p.inputs) > b.max_batch or p.enqueued > limit):
+                break
+            head.queue.popleft()
+            p.running = True
+            count += len(p.inputs)
+            head.queued_inputs -= len(p.inputs)
+            head.force = False
+            batch.append(p)
+            if not head.queue:
+                queues.remove(head)
+        self.queued_total -= count
         return batch
 
     def _wait_over(self, b: ModelBatcher) -> None:
@@ -210,7 +263,8 @@ class Scheduler:
 
     def _done(self, b: ModelBatcher, batch: list[Pending], f: Any) -> None:
         self.free += 1
-        b.outstanding -= len(batch)
+        for p in batch:
+            (p.owner or b).outstanding -= 1
         exc = f.exception()
         if exc is not None:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -237,7 +291,7 @@ class Scheduler:
                 self.wait_avg_s += WAIT_ALPHA * (p.queue_s - self.wait_avg_s)
                 p.times = times
                 p.batch_size = size
-                m.queue.observe(p.queue_s)  # type: ignore[attr-defined]
+                (p.owner or b).metrics.queue.observe(p.queue_s)  # type: ignore[attr-defined]
                 if p.future.done():
                     continue
                 if isinstance(out, ApiError):
@@ -252,7 +306,11 @@ def _run_batch(handler: Handler, batch: list[Pending], chunk: int) -> tuple[floa
     """Executor thread: all stages for the batch, then each request's JSON (kept off the event loop)."""
     started = time.perf_counter()
     inputs = [x for p in batch for x in p.inputs]
-    results, times = handler.run(inputs, chunk)
+    owners = [(p.owner.handler if p.owner else handler) for p in batch for _ in p.inputs]
+    if any(o is not handler for o in owners):  # members of one family in one batch
+        results, times = handler.run_rows(owners, inputs, chunk)
+    else:
+        results, times = handler.run(inputs, chunk)
     outs: list[Any] = []
     i = 0
     for p in batch:

@@ -20,11 +20,13 @@ from typing import Callable
 
 from shoal.errors import StoreUnavailable
 from shoal.ids import is_valid_model_id
-from shoal.server.batcher import ModelBatcher
+from shoal.family.keys import family_key
+from shoal.server.batcher import BatchGroups, ModelBatcher
 from shoal.server.errors import BadRequest, Conflict, NotFound, Unavailable
 from shoal.server.handlers import Handler, LoadContext, create_handler
 from shoal.server.loads import LoadQueue, LoadTicket
 from shoal.server.metrics import Metrics
+from shoal.server.residency import TensorLedger, model_cost
 from shoal.store.base import ModelStore
 from shoal.store.manifest import Manifest
 
@@ -78,25 +80,6 @@ class ModelEntry:
 
 DEMAND_TAU_S = 60.0  # how long a request keeps its model warm against eviction (time constant)
 
-# What a swapped-in model costs beyond its mapped weights (handler, tokenizer reference, batcher,
-# metrics children), measured by benchmarks/server_density.py --marginal (docs/BENCHMARKS.md `## long tail`).
-SWAPIN_OVERHEAD_BYTES = 1 << 20
-
-
-def model_cost(manifest: Manifest) -> int:
-    """Bytes a model counts against the budget: what it really adds to the process.
-
-    A shared-graph model adds its mapped weights (the graph, the tokenizer and activation
-    memory are shared by every model and the executors); a frozen artifact its measured
-    resident size, at least its artifact file.
-    """
-    if manifest.weights and manifest.weight_bytes:
-        return manifest.weight_bytes + SWAPIN_OVERHEAD_BYTES
-    artifact = manifest.files.get(manifest.artifact)
-    measured = manifest.profile.resident_bytes if manifest.profile else 0
-    return max(measured, artifact.size if artifact else 0) or manifest.total_bytes
-
-
 class Registry:
     def __init__(self, store: ModelStore, catalog: list[str] | None, budget_bytes: int, ctx: LoadContext,
                  loader: ThreadPoolExecutor, metrics: Metrics, batching: BatchDefaults, *, load_slots: int = 1,
@@ -116,6 +99,10 @@ class Registry:
         self.loads = LoadQueue(load_slots)
         self.max_load_wait_s = max_load_wait_s
         self.shed = 0  # requests answered 503 because their model could not be swapped in in time
+        self.ledger = TensorLedger()  # tensors resident models hold, each counted once
+        self.groups = BatchGroups()  # resident family members, which share batches
+        self._family_counts: dict[str, int] = {}  # catalog models per family key (an adapter counts 2)
+        self._counted: set[str] = set()
 
     # -- lookups --
     async def entry(self, model_id: str) -> ModelEntry:
@@ -224,18 +211,22 @@ class Registry:
         try:
             manifest = e.manifest or await self.run_io(self.store.read_manifest, e.id)
             e.manifest = manifest
+            if e.id not in self._counted:
+                self._count_family(e.id, manifest)
             cost = model_cost(manifest)
             if cost > self.budget:
                 raise RuntimeError(f"needs {cost} bytes, more than the whole memory budget of {self.budget} bytes")
             await self.loads.acquire(ticket)  # the most wanted pending load goes first
             slot = time.perf_counter()
-            await self._make_room(e, cost)
+            cost = await self._make_room(e, manifest)
             self.reserved_bytes += cost
             reserved = cost
             handler = await self.run_io(self._load_handler, e.id, manifest)
-            e.handler, e.bytes, e.state, e.reason = handler, cost, State.READY, None
+            e.handler, e.state, e.reason = handler, State.READY, None
+            e.bytes = model_cost(manifest)
             e.batcher = self._batcher(e, handler, manifest)
-            self.resident_bytes += cost
+            self.groups.join(e.batcher)
+            self.resident_bytes += self.ledger.hold(manifest)
             e.load_ms = (time.perf_counter() - start) * 1000
             e.loads += 1
             e.last_used = time.monotonic()
@@ -275,10 +266,14 @@ class Registry:
         delay = b.max_delay_ms if b.max_delay_ms is not None else manifest.batching.max_delay_ms
         return ModelBatcher(e.id, handler, max_batch, delay, b.max_queue_per_model, self.metrics.model(e.id))
 
-    async def _make_room(self, loading: ModelEntry, cost: int) -> None:
-        """Evict idle models, least recently used first, until ``cost`` fits; wait while all are busy."""
+    async def _make_room(self, loading: ModelEntry, manifest: Manifest) -> int:
+        """Evict idle models, coldest first, until ``manifest`` fits; wait while all are busy. Returns its cost.
+
+        The cost is what the model adds now: tensors a resident model holds (a family's shared
+        ones) are free, so it is computed again after every eviction.
+        """
         deadline = time.monotonic() + 10.0
-        while self.resident_bytes + self.reserved_bytes + cost > self.budget:
+        while self.resident_bytes + self.reserved_bytes + (cost := self.ledger.cost(manifest)) > self.budget:
             idle = [x for x in self.entries.values()
                     if x.state is State.READY and x.inflight == 0 and x.holds == 0 and x is not loading]
             if idle:
@@ -294,6 +289,7 @@ class Registry:
                 await asyncio.wait_for(self._released.wait(), remaining)
             except TimeoutError:
                 pass
+        return cost
 
     def evict(self, e: ModelEntry) -> None:
         """Drop a resident, idle model (its weights are freed with the last reference)."""
@@ -302,8 +298,11 @@ class Registry:
         if e.inflight:
             raise Conflict(f"model {e.id} has {e.inflight} requests in flight; retry when they finish")
         handler = e.handler
+        if e.batcher is not None:
+            self.groups.leave(e.batcher)
         e.handler, e.batcher, e.state = None, None, State.UNLOADED
-        self.resident_bytes -= e.bytes
+        if e.manifest is not None:
+            self.resident_bytes -= self.ledger.release(e.manifest)
         e.bytes = 0
         self.metrics.model(e.id).evictions.inc()  # type: ignore[attr-defined]
         if handler is not None:
@@ -323,6 +322,25 @@ class Registry:
                 e.state, e.reason = State.FAILED, _one_line(exc)
 
         await asyncio.gather(*(one(e) for e in list(self.entries.values()) if e.manifest is None))
+        self.note_families()
+
+    def note_families(self) -> None:
+        """Serve a family through its family graph when the catalog has an adapter of it or two of its members.
+
+        A lone model runs its own graph (a little faster than the family graph); members that can
+        meet in one batch, or an adapter (which only the family graph runs), go the family way.
+        """
+        for e in self.entries.values():
+            if e.manifest is not None and e.id not in self._counted:
+                self._count_family(e.id, e.manifest)
+
+    def _count_family(self, model_id: str, manifest: Manifest) -> None:
+        self._counted.add(model_id)
+        key = family_key(manifest)
+        if key is not None:
+            n = self._family_counts[key] = self._family_counts.get(key, 0) + (2 if manifest.adapter else 1)
+            if n >= 2:
+                self.ctx.family_keys.add(key)
 
     # -- preload --
     async def preload(self, count: int | None) -> list[str]:
@@ -346,7 +364,7 @@ class Registry:
                 e.state, e.reason = State.FAILED, _one_line(exc)
                 continue
             e.manifest = manifest
-            if self.resident_bytes + self.reserved_bytes + model_cost(manifest) > self.budget:
+            if self.resident_bytes + self.reserved_bytes + self.ledger.cost(manifest) > self.budget:
                 break
             try:
                 await self.load(e)

@@ -25,14 +25,14 @@ def bind_weights(manifest: Manifest, folder: Path, ctx: LoadContext) -> BoundGra
     graph_entry = manifest.files[manifest.artifact]
     graph, names = ctx.graphs.get(graph_entry.sha256, folder / manifest.artifact, ctx.torch_device)
     path = folder / manifest.weights
-    _read_ahead(path)
+    read_ahead(path)
     weights = load_weights(path, names, ctx.torch_device)
     if ctx.torch_device == "cpu":
-        _fault_in(weights)
+        fault_in(weights)
     return BoundGraph(graph, weights)
 
 
-def _read_ahead(path: Path) -> None:
+def read_ahead(path: Path) -> None:
     """Ask the kernel to read the whole file now (one sequential read if it is not in the page cache)."""
     if not hasattr(os, "posix_fadvise"):
         return
@@ -44,7 +44,7 @@ def _read_ahead(path: Path) -> None:
 
 
 @torch.no_grad()
-def _fault_in(weights: list[torch.Tensor]) -> None:
+def fault_in(weights: list[torch.Tensor]) -> None:
     """Touch one byte per page of every mapped tensor, so the forward never takes a page fault."""
     for t in weights:
         if t.numel() == 0:

@@ -21,6 +21,7 @@ from shoal.samples import qa_pairs, sentences
 from shoal.spec import ModelSpec
 from shoal.store.base import ModelStore
 from shoal.store.manifest import GateFigures, Manifest, Profile, describe_files
+from shoal.store.tensors import describe_tensors
 from shoal import cache_dirs, graphs
 from shoal.trace import compilers, precision as prec, quantize, selection
 from shoal.trace.sources import load_eager_model, load_tokenizer, save_tokenizer_json
@@ -28,9 +29,10 @@ from shoal.trace.wrappers import wrap
 
 Log = Callable[[str], None]
 PROBES = 64
-ARTIFACT_FORM = 2  # 2: shared graph + weights file (1: frozen model.pt); a change re-traces on the next build
+ARTIFACT_FORM = 3  # 3: + family graph; 2: shared graph + weights file; 1: frozen model.pt (a change re-traces)
 GRAPH_FILE = "graph.pt"
 WEIGHTS_FILE = "weights.safetensors"
+FAMILY_FILE = "family.pt"
 
 
 @dataclass
@@ -206,6 +208,36 @@ def _save_shared_graph(spec: ModelSpec, wrapper: Any, example: tuple, frozen: An
     opts.log(f"{spec.id}: shared graph vs frozen max abs difference {diff:.2e}")
     graphs.save_graph(graph, names, folder / GRAPH_FILE)
     graphs.save_weights(wrapper, folder / WEIGHTS_FILE)
+    _save_family_graph(spec, wrapper, example, frozen, fresh, folder, opts)
+
+
+def _save_family_graph(spec: ModelSpec, wrapper: Any, example: tuple, frozen: Any, fresh: tuple, folder: Path,
+                       opts: TraceOptions) -> None:
+    """family.pt: the graph that batches members of this model's family together (shoal/family/graph.py).
+
+    Checked like the shared graph: one member with the model's own tensors must answer as the
+    frozen module does (within the precision's rounding: biases are added after the product).
+    """
+    from shoal.family import graph as family_graph
+
+    try:
+        graph, layout = family_graph.trace(wrapper, example)
+    except Exception as exc:  # an architecture the row-wise patching does not cover: served without families
+        opts.log(f"{spec.id}: no family graph ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+        return
+    params = dict(wrapper.named_parameters())
+    member = family_graph.member_tensors(layout, {n: p.detach() for n, p in params.items()})
+    vectors, heads, lora_a, lora_b = family_graph.stack([member])
+    rows = torch.zeros(fresh[0].shape[0], dtype=torch.int64, device=fresh[0].device)
+    shared = [params[n].detach() for n in layout.shared]
+    with torch.inference_mode():
+        diff = prec.max_abs_diff(graph(*fresh, rows, shared, vectors, heads, lora_a, lora_b), frozen(*fresh))
+    exact = layout.dtype == "float32" and all(p.is_floating_point() for p in params.values())  # int8: rounding flips
+    tolerance = 1e-3 if exact else 5e-2
+    if diff > tolerance:
+        raise ShoalError(f"{spec.id}: the family graph differs from the frozen module by {diff:.3g}")
+    opts.log(f"{spec.id}: family graph vs frozen max abs difference {diff:.2e}")
+    family_graph.save(graph, layout, folder / FAMILY_FILE)
 
 
 def _static_example(spec: ModelSpec, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,10 +279,13 @@ def _manifest(spec: ModelSpec, opts: TraceOptions, key: str, best: Candidate, ca
     fmt = {"inf1": "neuron", "inf2": "neuronx"}.get(opts.processor, "torchscript")
     shared = fmt == "torchscript"  # a shared graph + this model's weights; Neuron graphs hold their weights
     files = [GRAPH_FILE, WEIGHTS_FILE, "tokenizer.json"] if shared else ["model.pt", "tokenizer.json"]
+    family = shared and (best.folder / FAMILY_FILE).is_file()
+    if family:
+        files.append(FAMILY_FILE)
     latency = {int(b): float(ms) for b, ms in best.profile["latency_ms_p50"].items()}
     profile = Profile(
         param_bytes=best.param_bytes,
-        artifact_bytes=sum((best.folder / f).stat().st_size for f in files if f != "tokenizer.json"),
+        artifact_bytes=sum((best.folder / f).stat().st_size for f in files if f not in ("tokenizer.json", FAMILY_FILE)),
         resident_bytes=int(best.profile["resident_bytes"]),
         latency_ms_p50=latency,
         threads=threads,
@@ -265,6 +300,8 @@ def _manifest(spec: ModelSpec, opts: TraceOptions, key: str, best: Candidate, ca
         precision=best.precision, seq_len=spec.seq_len, labels=spec.labels,  # type: ignore[arg-type]
         files=describe_files(best.folder, files), profile=profile, batching=spec.batching,
         artifact=GRAPH_FILE if shared else "model.pt", weights=WEIGHTS_FILE if shared else None,
+        tensors=describe_tensors(best.folder / WEIGHTS_FILE, WEIGHTS_FILE) if shared else {},
+        family_graph=FAMILY_FILE if family else None,
         static_batch=max(spec.batch_sizes) if fmt != "torchscript" else None,
         source=spec.source.describe(), spec_sha256=key,
     )

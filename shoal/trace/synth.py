@@ -29,6 +29,7 @@ from shoal.errors import UsageError
 from shoal.ids import check_model_id
 from shoal.store.base import ModelStore
 from shoal.store.manifest import Manifest, describe_files
+from shoal.store.tensors import describe_tensors
 
 HEAD_MARKERS = ("classifier", "qa_outputs", "pooler")
 PERTURBATION = 1e-3  # relative to each tensor's standard deviation: outputs differ, behaviour stays the base's
@@ -102,6 +103,7 @@ def _synth_weights(store: ModelStore, base: Manifest, ids: list[str], seed: int,
             save_file(tensors, str(staging / base.weights))
             manifest = base.model_copy(update={
                 "id": model_id, "base": base.id, "files": describe_files(staging, list(base.files)),
+                "tensors": describe_tensors(staging / base.weights, base.weights) if base.tensors else {},
                 "spec_sha256": f"synth:{base.spec_sha256}:{seed + i}:{'distinct' if distinct else 'partial'}",
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
             })

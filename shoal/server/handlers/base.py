@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal.family.members import FamilyPool
 from shoal.graphs import GraphCache
 from shoal.server.errors import BadRequest
 from shoal.server.v2_codec import InferRequest
@@ -28,6 +29,9 @@ class LoadContext:
     torch_device: str  # map_location, e.g. "cpu" or "cuda:0"
     device_kind: str  # cpu | cuda | neuron
     graphs: GraphCache = field(default_factory=GraphCache, compare=False)  # shared graphs of this process
+    families: FamilyPool = field(default_factory=FamilyPool, compare=False)  # resident families' shared tensors
+    # family keys served through the family graph: those with an adapter member or two members in the catalog
+    family_keys: set[str] = field(default_factory=set, compare=False)
 
 
 @dataclass
@@ -93,8 +97,23 @@ class Handler(ABC):
     @abstractmethod
     def postprocess(self, outputs: Any, batch: Any, inputs: list[Any]) -> list[Any]: ...
 
+    @property
+    def batch_group(self) -> str | None:
+        """Models with the same non-None group may share one batch (members of a family): ``run_rows``."""
+        return None
+
+    def run_rows(self, owners: list["Handler"], inputs: list[Any], chunk: int) -> tuple[list[Any], StageTimes]:
+        """Like ``run``, for a batch whose input i belongs to the model of ``owners[i]`` (one batch group)."""
+        raise NotImplementedError(f"model {self.manifest.id} batches only with itself")
+
     def run(self, inputs: list[Any], chunk: int) -> tuple[list[Any], StageTimes]:
         """All three stages over ``inputs``, in forward-sized chunks; returns one result per input."""
+        return self._run_stages(inputs, chunk, lambda batch, start: self.infer(batch),
+                                lambda out, batch, part, start: self.postprocess(out, batch, part))
+
+    def _run_stages(self, inputs: list[Any], chunk: int, infer: Callable[[Any, int], Any],
+                    postprocess: Callable[[Any, Any, list[Any], int], list[Any]]) -> tuple[list[Any], StageTimes]:
+        """preprocess -> ``infer(batch, offset)`` -> ``postprocess(out, batch, part, offset)`` per chunk, timed."""
         times = StageTimes()
         results: list[Any] = []
         step = max(1, min(chunk, self.batch_limit))
@@ -103,9 +122,9 @@ class Handler(ABC):
             t0 = time.perf_counter()
             batch = self.preprocess(part)
             t1 = time.perf_counter()
-            out = self.infer(batch)
+            out = infer(batch, start)
             t2 = time.perf_counter()
-            results.extend(self.postprocess(out, batch, part))
+            results.extend(postprocess(out, batch, part, start))
             t3 = time.perf_counter()
             times.preprocess_s += t1 - t0
             times.inference_s += t2 - t1

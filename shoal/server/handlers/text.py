@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from shoal.family.keys import family_key
+from shoal.family.members import FamilyMember
 from shoal.graphs import BoundGraph
 from shoal.server.artifacts import load_torchscript
 from shoal.server.swapin import bind_weights
 from shoal.server.errors import Unprocessable
-from shoal.server.handlers.base import Handler, LoadContext, Parsed
+from shoal.server.handlers.base import Handler, LoadContext, Parsed, StageTimes
 from shoal.server.schemas import QABatchRequest, QARequest, TextBatchRequest, TextRequest, validate
 from shoal.server.v2_codec import InferRequest
 from shoal.server.v2_tensors import Tensor, tensor
@@ -82,14 +84,30 @@ class TextHandler(Handler):
         self.task = manifest.task
         self.seq_len = manifest.seq_len or 512
         self.tokenizer = _tokenizer(folder, manifest, self.seq_len)
-        if manifest.weights:  # a shared graph bound to this model's mapped weights: the swap-in path
-            self.module: Any = bind_weights(manifest, folder, ctx)
+        self.member: FamilyMember | None = None
+        self.family: str | None = None
+        key = family_key(manifest)
+        if key is not None and key in ctx.family_keys and not manifest.static_batch:
+            # a member of a family served together: its own tensors beside the family's shared ones
+            self.member = ctx.families.join(manifest, folder, ctx.torch_device)
+            self.family = f"{key}:{manifest.files[manifest.tokenizer].sha256[:16]}:{manifest.task}:{self.seq_len}"
+            self.module: Any = None
+        elif manifest.adapter is not None:
+            raise RuntimeError("a LoRA adapter is served through its family graph, and this model has none "
+                               "(re-trace its base)")
+        elif manifest.weights:  # a shared graph bound to this model's mapped weights: the swap-in path
+            self.module = bind_weights(manifest, folder, ctx)
         else:
             self.module = load_torchscript(folder / manifest.artifact, ctx.torch_device)  # never a pickle
         self.labels = manifest.labels
 
     def warmup(self) -> None:
         """A graph another model already ran is optimised: a new model of it needs no warm-up forward."""
+        if self.member is not None:
+            if not self.member.group.warm:
+                super().warmup()
+                self.member.group.warm = True
+            return
         bound = self.module if isinstance(self.module, BoundGraph) else None
         if bound is not None and self.ctx.graphs.is_warm(bound.graph, bound.weights):
             return
@@ -99,6 +117,29 @@ class TextHandler(Handler):
 
     def close(self) -> None:
         self.module = None  # the mapped weights are unmapped with their last reference
+        if self.member is not None:
+            self.ctx.families.leave(self.member)
+            self.member = None
+
+    @property
+    def batch_group(self) -> str | None:
+        return self.family
+
+    def run_rows(self, owners: list[Handler], inputs: list[Any], chunk: int) -> tuple[list[Any], StageTimes]:
+        """One family batch: the shared forward once, each row with its member's tensors and its labels."""
+        members = [o.member for o in owners]  # type: ignore[attr-defined]
+        if any(m is None or m.group is not self.member.group for m in members):  # type: ignore[union-attr]
+            raise RuntimeError("models of different families cannot share a batch")
+
+        def infer(batch: Any, start: int) -> Any:
+            rows = members[start:start + len(batch[2])]
+            return self._forward(batch, rows)
+
+        def postprocess(out: Any, batch: Any, part: list[Any], start: int) -> list[Any]:
+            return [owners[start + i].postprocess(_row(out, i), _batch_row(batch, i), [item])[0]  # type: ignore[arg-type]
+                    for i, item in enumerate(part)]
+
+        return self._run_stages(inputs, chunk, infer, postprocess)
 
     # -- request side --
     def parse(self, body: Any) -> Parsed:
@@ -193,10 +234,21 @@ class TextHandler(Handler):
         return self.tokenizer.encode(*item) if isinstance(item, tuple) else self.tokenizer.encode(item)
 
     def infer(self, batch: Any) -> Any:
+        if self.member is not None:
+            return self._forward(batch, [self.member] * batch[0].shape[0])
         ids, mask = batch[0], batch[1]
         device = self.ctx.torch_device
         with torch.inference_mode():
             out = self.module(ids.to(device), mask.to(device))
+        if isinstance(out, (tuple, list)):
+            return tuple(o.float().cpu().numpy() for o in out)
+        return out.float().cpu().numpy()
+
+    def _forward(self, batch: Any, members: list[FamilyMember]) -> Any:
+        assert self.member is not None
+        device = self.ctx.torch_device
+        with torch.inference_mode():
+            out = self.member.group.forward(batch[0].to(device), batch[1].to(device), members)
         if isinstance(out, (tuple, list)):
             return tuple(o.float().cpu().numpy() for o in out)
         return out.float().cpu().numpy()
@@ -214,6 +266,16 @@ class TextHandler(Handler):
         for i, reason in batch[3].items():
             results[i] = Unprocessable(f"input {i} cannot be tokenized: {reason}")
         return results
+
+
+def _row(outputs: Any, i: int) -> Any:
+    return tuple(o[i:i + 1] for o in outputs) if isinstance(outputs, tuple) else outputs[i:i + 1]
+
+
+def _batch_row(batch: Any, i: int) -> Any:
+    """Row ``i`` of a preprocessed batch, as the batch of its one input (failures re-indexed)."""
+    ids, mask, encodings, failures = batch
+    return ids[i:i + 1], mask[i:i + 1], encodings[i:i + 1], ({0: failures[i]} if i in failures else {})
 
 
 def v2_metadata(manifest: Manifest) -> dict[str, Any]:
