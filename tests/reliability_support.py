@@ -64,7 +64,7 @@ def replace_artifact(store: ModelStore, base: Manifest, model_id: str, artifact:
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     src = store_folder(store) / base.id
-    names = [n for n in base.files if not (frozen and n in (base.weights, base.artifact))]
+    names = [n for n in base.files if not (frozen and n in (base.weights, base.artifact, base.family_graph))]
     for name in names:
         shutil.copyfile(src / name, folder / name)
     artifact_name = "model.pt" if frozen else base.artifact
@@ -72,7 +72,7 @@ def replace_artifact(store: ModelStore, base: Manifest, model_id: str, artifact:
     names = list(dict.fromkeys([*names, artifact_name]))
     update = {"id": model_id, "files": describe_files(folder, names), "artifact": artifact_name}
     if frozen:
-        update["weights"] = None
+        update.update(weights=None, tensors={}, family_graph=None)
     manifest = base.model_copy(update=update)
     store.push(folder, manifest)
     return manifest

@@ -40,7 +40,7 @@ def test_tiny_artifact_equals_eager_on_fresh_inputs(task: str, store: LocalStore
         assert precision.max_abs_diff(traced(ids, mask), eager(ids, mask)) < 1e-4
     assert manifest.profile and set(manifest.profile.latency_ms_p50) == {1, 4}
     assert manifest.weights and manifest.profile.param_bytes > 0
-    assert manifest.files[manifest.artifact].size + manifest.weight_bytes == manifest.profile.artifact_bytes
+    assert manifest.files[manifest.artifact].size + manifest.files[manifest.weights].size == manifest.profile.artifact_bytes
 
 
 def test_tokenizer_file_truncates_to_seq_len_and_pads_to_longest(store: LocalStore, build_dir: Path) -> None:

@@ -74,8 +74,9 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
 
 
 def check_listed(manifest: Manifest) -> None:
-    """The files the server loads (artifact, tokenizer) must be listed, so their sha256 is checked too."""
-    for name in (manifest.artifact, manifest.tokenizer, manifest.weights):
+    """The files the server loads (artifact, tokenizer, weights) must be listed, so their sha256 is checked too."""
+    tensor_files = {t.file for t in manifest.tensors.values()}
+    for name in (manifest.artifact, manifest.tokenizer, manifest.weights, manifest.family_graph, *sorted(tensor_files)):
         if name and name not in manifest.files:
             raise IntegrityError(f"{manifest.id}: {name} has no sha256 in its manifest: refused")
 

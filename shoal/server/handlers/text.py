@@ -88,7 +88,10 @@ class TextHandler(Handler):
         self.family: str | None = None
         key = family_key(manifest)
         if key is not None and key in ctx.family_keys and not manifest.static_batch:
-            # a member of a family served together: its own tensors beside the family's shared ones
+            # a member of a family served together: its own tensors beside the family's shared ones. Its own
+            # graph is loaded too (once per graph in the process): a model whose artifact is bad fails, whichever
+            # graph serves it
+            ctx.graphs.get(manifest.files[manifest.artifact].sha256, folder / manifest.artifact, ctx.torch_device)
             self.member = ctx.families.join(manifest, folder, ctx.torch_device)
             self.family = f"{key}:{manifest.files[manifest.tokenizer].sha256[:16]}:{manifest.task}:{self.seq_len}"
             self.module: Any = None
