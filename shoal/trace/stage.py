@@ -84,6 +84,10 @@ def trace_spec(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[
         from shoal.trace.detector import trace_detector
 
         return trace_detector(spec, store, opts)
+    if spec.source.adapter:  # a member of its base's family: the base's graph, its own LoRA tensors
+        from shoal.trace.adapters import trace_adapter
+
+        return trace_adapter(spec, store, opts)
     key = trace_key(spec, opts)
     if not opts.force and store.exists(spec.id):
         existing = store.read_manifest(spec.id)
