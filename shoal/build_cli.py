@@ -14,7 +14,8 @@ from shoal.config import load_settings, parse_bytes
 from shoal.errors import UsageError
 
 console = Console(stderr=True)
-DEFAULT_MODELS = ("minilm-embed", "minilm-cls", "bert-base-qa", "yolov8n")  # yolov8n: + .venv-video (~3 min once)
+# yolov8n: + .venv-video (~3 min once); minilm-cls-lora: a LoRA adapter over minilm-cls (traced after its base)
+DEFAULT_MODELS = ("minilm-embed", "minilm-cls", "minilm-cls-lora", "bert-base-qa", "yolov8n")
 
 
 def catalog_files(models_dir: Path, names: list[str] | None) -> list[Path]:
@@ -44,13 +45,14 @@ def build(
     """Trace every catalog model into the store; up-to-date models are skipped in seconds."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from shoal.spec import load_spec
+    from shoal.spec import load_spec, trace_order
     from shoal.store import store_from_settings
+    from shoal.trace.lora_example import ensure_examples
     from shoal.trace.stage import TraceOptions, trace_spec
 
     settings = load_settings(store=store)
     files = catalog_files(models_dir, [m.strip() for m in models.split(",")] if models else None)
-    specs = [load_spec(f) for f in files]
+    specs = trace_order([load_spec(f) for f in files])  # bases before the adapters over them
     model_store = store_from_settings(settings)
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -58,6 +60,7 @@ def build(
         task = bar.add_task("tracing", total=len(specs))
         opts = TraceOptions(processor=processor, force=force, build_dir=cache_dirs.build_dir(settings.cache_dir),
                             log=lambda msg: bar.console.print(f"  {msg}", highlight=False))
+        ensure_examples(specs, opts.log)  # the catalog's example adapter folder, made offline when missing
         for spec in specs:
             bar.update(task, description=f"tracing {spec.id}")
             manifest, traced = trace_spec(spec, model_store, opts)

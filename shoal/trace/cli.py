@@ -28,20 +28,22 @@ def trace(
 ) -> None:
     """Compile models (torch.jit, torch-neuron, torch-neuronx), check them against eager, profile them, store them."""
     from shoal.errors import UsageError
-    from shoal.spec import load_spec
+    from shoal.spec import load_spec, trace_order
     from shoal.store import store_from_settings
+    from shoal.trace.lora_example import ensure_examples
     from shoal.trace.stage import TraceOptions, trace_spec
 
     if processor not in ("cpu", "gpu", "inf1", "inf2"):
         raise UsageError(f"unknown processor {processor!r}: use cpu, gpu, inf1 or inf2")
     if precision not in (None, "auto", *get_args(Precision)):
         raise UsageError(f"unknown precision {precision!r}: use auto, {', '.join(get_args(Precision))}")
-    specs = [load_spec(p) for p in model_files]  # validate every file before tracing any
+    specs = trace_order([load_spec(p) for p in model_files])  # validate every file before tracing any
     settings = load_settings(store=store)
     model_store = store_from_settings(settings)
     opts = TraceOptions(processor=processor, precision=precision, batch_sizes=batch_size or None, seq_len=seq_len,
                         pipeline_cores=pipeline_cores, force=force, build_dir=cache_dirs.build_dir(settings.cache_dir),
                         log=lambda msg: console.print(f"  {msg}", highlight=False))
+    ensure_examples(specs, opts.log)
     for spec in specs:
         with console.status(f"tracing {spec.id}"):
             manifest, traced = trace_spec(spec, model_store, opts)
