@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from shoal.errors import UsageError
+from shoal.family.graph import Layout
+from shoal.family.keys import family_key
 from shoal.spec import load_spec, trace_order
 from shoal.store.local import LocalStore
 from shoal.store.manifest import Manifest
@@ -113,7 +115,33 @@ def test_member_shares_the_base_tensors_by_digest_and_brings_its_lora(member: tu
         assert manifest.files[name] == base.files[name]
     assert (manifest.precision, manifest.seq_len, manifest.labels) == (base.precision, base.seq_len, base.labels)
     assert manifest.profile == base.profile
-    assert any("no family graph yet" in line for line in logs)
+    assert base.family_graph and manifest.family_graph == base.family_graph
+    assert manifest.files[base.family_graph] == base.files[base.family_graph]
+    assert family_key(manifest) == family_key(base)  # one family: the server batches them together
+    assert not any("slot" in line for line in logs)  # query and value have slots in the default family graph
+
+
+def test_the_served_path_answers_as_peft(member: tuple) -> None:
+    """The member through the server's family machinery (family graph, shared tensors from the shard, its own
+    head and LoRA unmerged) gives reference.json's fp32 PEFT outputs."""
+    from tokenizers import Tokenizer
+
+    from shoal.family.members import FamilyPool
+
+    store, manifest, _ = member
+    folder = store.fetch("cls-lora")
+    ref = json.loads((folder / "reference.json").read_text())
+    encs = Tokenizer.from_file(str(folder / "tokenizer.json")).encode_batch(ref["inputs"])
+    ids, mask = torch.tensor([e.ids for e in encs]), torch.tensor([e.attention_mask for e in encs])
+    pool = FamilyPool()
+    base = pool.join(store.read_manifest("minilm-cls"), store.fetch("minilm-cls"), "cpu")
+    lora = pool.join(manifest, folder, "cpu")
+    assert lora.group is base.group  # the shared tensors are held once
+    with torch.inference_mode():
+        mixed = lora.group.forward(ids, mask, [lora, base, lora, base])
+    expected = torch.tensor(ref["outputs"]["logits"])
+    assert (mixed[0::2] - expected[0::2]).abs().max() < 1e-4
+    assert (mixed[1::2] - expected[1::2]).abs().max() > 0.05  # the base's rows stay the base's
 
 
 def test_reference_outputs_are_merged_peft_outputs(member: tuple, catalog: Path) -> None:
@@ -279,16 +307,16 @@ def test_targets_without_a_family_graph_slot_are_logged(minilm_store: tuple, cat
     staged = tmp_path / "base"
     shutil.copytree(store.fetch("minilm-cls"), staged)
     slots = [f"model.bert.encoder.layer.{i}.attention.self.query" for i in range(6)]
-    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(staged / "family.pt"),
-                   _extra_files={"lora_targets.json": json.dumps(slots)})
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(staged / "narrow.pt"),
+                   _extra_files={"family.json": Layout(slots=slots).to_json()})
     from shoal.store.manifest import describe_files
 
-    store.push(staged, base.model_copy(update={"family_graph": "family.pt",
-                                               "files": describe_files(staged, [*base.files, "family.pt"])}))
+    store.push(staged, base.model_copy(update={"family_graph": "narrow.pt",
+                                               "files": describe_files(staged, [*base.files, "narrow.pt"])}))
     logs: list[str] = []
     manifest, _ = trace_spec(load_spec(catalog / "cls-lora.yaml"), store, opts(tmp_path, logs))
-    assert manifest.family_graph == "family.pt"
-    assert manifest.files["family.pt"] == store.read_manifest("minilm-cls").files["family.pt"]
+    assert manifest.family_graph == "narrow.pt"
+    assert manifest.files["narrow.pt"] == store.read_manifest("minilm-cls").files["narrow.pt"]
     lacking = [line for line in logs if "no LoRA slot" in line]
     assert lacking and "6 of 12" in lacking[0] and "layer.0.attention.self.value" in lacking[0]
     assert "self.query" not in lacking[0]
@@ -366,6 +394,20 @@ def test_an_int8_bf16_base_gets_lora_at_its_float_dtype(catalog: Path, tmp_path:
     assert manifest.tensors["model.classifier.weight"].dtype == base_tensors["model.classifier.weight"].dtype
     assert manifest.tensors[f"{q0}.weight"].sha256 == base_tensors[f"{q0}.weight"].sha256
     assert manifest.profile == base.profile
+    # served over the int8-bf16 family graph, the answers stay close to fp32 PEFT's (0.015 measured)
+    from tokenizers import Tokenizer
+
+    from shoal.family.members import FamilyPool
+
+    folder = store.fetch("cls-lora")
+    ref = json.loads((folder / "reference.json").read_text())
+    encs = Tokenizer.from_file(str(folder / "tokenizer.json")).encode_batch(ref["inputs"])
+    ids, mask = torch.tensor([e.ids for e in encs]), torch.tensor([e.attention_mask for e in encs])
+    lora = FamilyPool().join(manifest, folder, "cpu")
+    with torch.inference_mode():
+        served = lora.group.forward(ids, mask, [lora] * len(encs)).float().softmax(-1)
+    change = (served - torch.tensor(ref["outputs"]["logits"]).softmax(-1)).abs().max()
+    assert change < 0.02
 
 
 def test_the_cli_says_a_refusal_in_one_line(catalog: Path, tmp_path: Path) -> None:

@@ -39,7 +39,6 @@ ADAPTER_FORM = 1  # a change re-traces every adapter on the next build
 MEMBER_WEIGHTS = "weights.safetensors"
 REFERENCE_FILE = "reference.json"
 REFERENCE_PROBES = 4
-LORA_TARGETS_FILE = "lora_targets.json"  # the family graph's extra file: the modules it has LoRA slots for
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
@@ -207,14 +206,17 @@ def _write_reference(path: Path, task: str, inputs: list[Any], out: Any) -> None
 
 
 def lora_slots(graph: Path) -> list[str] | None:
-    """The modules a family graph has LoRA slots for (its extra file lora_targets.json), None if it names none."""
+    """The modules a family graph has LoRA slots for (``slots`` of its layout, the extra file family.json),
+    read from the archive without loading the graph; None if it has no readable layout."""
+    from shoal.family.graph import LAYOUT_FILE
+
     try:
         with zipfile.ZipFile(graph) as archive:
             for name in archive.namelist():
-                if name.endswith(f"/extra/{LORA_TARGETS_FILE}"):
-                    slots = json.loads(archive.read(name))
+                if name.endswith(f"/extra/{LAYOUT_FILE}"):
+                    slots = json.loads(archive.read(name)).get("slots")
                     return [str(s) for s in slots] if isinstance(slots, list) else None
-    except (zipfile.BadZipFile, OSError, json.JSONDecodeError):
+    except (zipfile.BadZipFile, OSError, json.JSONDecodeError, AttributeError):
         return None
     return None
 
@@ -229,4 +231,5 @@ def _log_slots(spec: ModelSpec, base: Manifest, base_folder: Path, targets: list
     missing = [t for t in targets if t not in slots]
     if missing:
         log(f"{spec.id}: the family graph {base.family_graph} has no LoRA slot for {len(missing)} of "
-            f"{len(targets)} targets: {', '.join(missing)}")
+            f"{len(targets)} targets (the server cannot load the adapter until the base is re-traced with them): "
+            f"{', '.join(missing)}")
