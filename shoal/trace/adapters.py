@@ -21,7 +21,7 @@ import os
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,7 +33,11 @@ from shoal.store.digests import file_sha256
 from shoal.store.manifest import Adapter, Manifest, TensorEntry, describe_files
 from shoal.store.tensors import describe_tensors
 from shoal.trace import adapter_check
-from shoal.trace.peft_adapter import CONFIG_FILE, WEIGHTS_FILE, map_to_graph, read_adapter
+from shoal.trace.peft_adapter import (CONFIG_FILE, WEIGHTS_FILE, MappedAdapter, PeftAdapter, map_to_graph,
+                                     read_adapter)
+
+if TYPE_CHECKING:
+    from shoal.trace.stage import Log, TraceOptions
 
 ADAPTER_FORM = 1  # a change re-traces every adapter on the next build
 MEMBER_WEIGHTS = "weights.safetensors"
@@ -42,7 +46,7 @@ REFERENCE_PROBES = 4
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
-def adapter_key(spec: ModelSpec, base: Manifest, opts: Any) -> str:
+def adapter_key(spec: ModelSpec, base: Manifest, opts: TraceOptions) -> str:
     """Changes when the catalog entry, the adapter's files or the base change (so a build re-traces only then)."""
     folder = spec.source.adapter_folder()
     key = {"spec": spec.model_dump(mode="json"),
@@ -53,7 +57,7 @@ def adapter_key(spec: ModelSpec, base: Manifest, opts: Any) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def trace_adapter(spec: ModelSpec, store: ModelStore, opts: Any) -> tuple[Manifest, bool]:
+def trace_adapter(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[Manifest, bool]:
     """Check the adapter against its base and PEFT, write the member into the store. Returns (manifest, traced_now)."""
     folder = spec.source.adapter_folder()
     adapter = read_adapter(folder)  # every refusal that needs no base comes first
@@ -81,6 +85,19 @@ def trace_adapter(spec: ModelSpec, store: ModelStore, opts: Any) -> tuple[Manife
     work = opts.build_dir / spec.id
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    try:
+        manifest = _write_member(spec, key, base, base_folder, base_tensors, base_spec.pooling, sep, model, adapter,
+                                 mapped, seq_len, labels, work, opts.log)
+        store.push(work, manifest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # hard links and small files: the store holds what it needs
+    return manifest, True
+
+
+def _write_member(spec: ModelSpec, key: str, base: Manifest, base_folder: Path, base_tensors: dict[str, TensorEntry],
+                  pooling: str, sep: int, model: Any, adapter: PeftAdapter, mapped: MappedAdapter,
+                  seq_len: int | None, labels: list[str] | None, work: Path, log: Log) -> Manifest:
+    """The member's files in ``work`` (checked against PEFT on the way) and its manifest."""
     names = _base_files(base, base_folder, work, seq_len)
     shard_of = {f: _shard_name(base.files[f].sha256) for f in {t.file for t in base_tensors.values()}}
     for src, shard in shard_of.items():
@@ -89,14 +106,14 @@ def trace_adapter(spec: ModelSpec, store: ModelStore, opts: Any) -> tuple[Manife
     tensors: dict[str, TensorEntry] = {n: t.model_copy(update={"file": shard_of[t.file]})
                                        for n, t in base_tensors.items()}
     tensors.update(describe_tensors(work / MEMBER_WEIGHTS, MEMBER_WEIGHTS))
-    inputs, probes = _probes(base.task, work / "tokenizer.json")
-    reference = adapter_check.peft_outputs(spec, model, base.task, base_spec.pooling, sep, mapped,
-                                           adapter.alpha / adapter.rank, adapter_check.staged_copy(folder, work),
-                                           probes, opts.log)
+    assert base.tokenizer
+    inputs, probes = _probes(base.task, work / base.tokenizer)
+    reference = adapter_check.peft_outputs(spec, model, base.task, pooling, sep, mapped, adapter.alpha / adapter.rank,
+                                           adapter_check.staged_copy(adapter.folder, work), probes, log)
     _write_reference(work / REFERENCE_FILE, base.task, inputs, reference)
-    _log_slots(spec, base, base_folder, mapped.targets, opts.log)
+    _log_slots(spec, base, base_folder, mapped.targets, log)
     files = [*names, *sorted(shard_of.values()), MEMBER_WEIGHTS, REFERENCE_FILE]
-    manifest = Manifest(
+    return Manifest(
         id=spec.id, kind=base.kind, task=base.task, format=base.format, processor=base.processor,
         precision=base.precision, seq_len=seq_len, labels=labels, artifact=base.artifact, weights=MEMBER_WEIGHTS,
         tokenizer=base.tokenizer, tensors=dict(sorted(tensors.items())),
@@ -106,9 +123,6 @@ def trace_adapter(spec: ModelSpec, store: ModelStore, opts: Any) -> tuple[Manife
         batching=spec.batching if spec.given("batching") else base.batching,
         source=spec.source.describe(), base=base.id, spec_sha256=key,
     )
-    store.push(work, manifest)
-    shutil.rmtree(work, ignore_errors=True)
-    return manifest, True
 
 
 def _base_manifest(spec: ModelSpec, store: ModelStore) -> Manifest:
@@ -120,7 +134,7 @@ def _base_manifest(spec: ModelSpec, store: ModelStore) -> Manifest:
     return store.read_manifest(base_id)
 
 
-def _check_base_fits(spec: ModelSpec, base: Manifest, opts: Any) -> None:
+def _check_base_fits(spec: ModelSpec, base: Manifest, opts: TraceOptions) -> None:
     """The adapter is served on the base's graph: same task, processor and precision, a shared-graph artifact."""
     where = f"{spec.id}: the base {base.id}"
     if base.adapter is not None:
@@ -167,7 +181,7 @@ def _base_files(base: Manifest, base_folder: Path, work: Path, seq_len: int | No
     return names
 
 
-def _save_own_weights(mapped: Any, base_tensors: dict[str, TensorEntry], lora_dtype: torch.dtype,
+def _save_own_weights(mapped: MappedAdapter, base_tensors: dict[str, TensorEntry], lora_dtype: torch.dtype,
                       path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -221,7 +235,7 @@ def lora_slots(graph: Path) -> list[str] | None:
     return None
 
 
-def _log_slots(spec: ModelSpec, base: Manifest, base_folder: Path, targets: list[str], log: Any) -> None:
+def _log_slots(spec: ModelSpec, base: Manifest, base_folder: Path, targets: list[str], log: Log) -> None:
     """Say which targets the base's family graph cannot run yet (the member is written all the same)."""
     if not base.family_graph:
         log(f"{spec.id}: the base {base.id} has no family graph yet: none of the {len(targets)} LoRA targets has a "
