@@ -300,8 +300,9 @@ def test_a_pickle_beside_the_safetensors_is_never_read(minilm_store: tuple, cata
     assert traced and manifest.adapter
 
 
-def test_targets_without_a_family_graph_slot_are_logged(minilm_store: tuple, catalog: Path, tmp_path: Path) -> None:
-    """A base whose family graph has slots for the query projections only: the member is written all the same."""
+def test_targets_without_a_family_graph_slot_get_their_own_graph(minilm_store: tuple, catalog: Path,
+                                                                 tmp_path: Path) -> None:
+    """A base whose family graph has slots for the query projections only: the member gets a graph with its slots."""
     store = base_store(minilm_store, tmp_path)
     base = store.read_manifest("minilm-cls")
     staged = tmp_path / "base"
@@ -315,11 +316,25 @@ def test_targets_without_a_family_graph_slot_are_logged(minilm_store: tuple, cat
                                                "files": describe_files(staged, [*base.files, "narrow.pt"])}))
     logs: list[str] = []
     manifest, _ = trace_spec(load_spec(catalog / "cls-lora.yaml"), store, opts(tmp_path, logs))
-    assert manifest.family_graph == "narrow.pt"
-    assert manifest.files["narrow.pt"] == store.read_manifest("minilm-cls").files["narrow.pt"]
-    lacking = [line for line in logs if "no LoRA slot" in line]
-    assert lacking and "6 of 12" in lacking[0] and "layer.0.attention.self.value" in lacking[0]
-    assert "self.query" not in lacking[0]
+    assert manifest.family_graph and manifest.family_graph.startswith("family-") and "narrow.pt" not in manifest.files
+    lacking = [line for line in logs if "have no slot" in line]
+    assert lacking and "6 of 12" in lacking[0]
+    from shoal.family.graph import load
+
+    _, layout = load(store.fetch(manifest.id) / manifest.family_graph, "cpu")
+    assert set(manifest.adapter.targets) <= set(layout.slots)
+    from tokenizers import Tokenizer
+
+    from shoal.family.members import FamilyPool
+
+    folder = store.fetch(manifest.id)  # the server's family path, unmerged, against PEFT's fp32 outputs
+    ref = json.loads((folder / "reference.json").read_text())
+    encs = Tokenizer.from_file(str(folder / "tokenizer.json")).encode_batch(ref["inputs"])
+    ids, mask = torch.tensor([e.ids for e in encs]), torch.tensor([e.attention_mask for e in encs])
+    member = FamilyPool().join(manifest, folder, "cpu")
+    with torch.inference_mode():
+        out = member.group.forward(ids, mask, [member] * len(encs))
+    assert (out - torch.tensor(ref["outputs"]["logits"])).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("source, message", [

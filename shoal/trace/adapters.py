@@ -111,14 +111,16 @@ def _write_member(spec: ModelSpec, key: str, base: Manifest, base_folder: Path, 
     reference = adapter_check.peft_outputs(spec, model, base.task, pooling, sep, mapped, adapter.alpha / adapter.rank,
                                            adapter_check.staged_copy(adapter.folder, work), probes, log)
     _write_reference(work / REFERENCE_FILE, base.task, inputs, reference)
-    _log_slots(spec, base, base_folder, mapped.targets, log)
-    files = [*names, *sorted(shard_of.values()), MEMBER_WEIGHTS, REFERENCE_FILE]
+    family = _family_graph(spec, base, base_folder, mapped.targets, model, pooling, sep, probes, work, log)
+    if family != base.family_graph and base.family_graph in names:
+        names.remove(base.family_graph)
+    files = [*dict.fromkeys([*names, family]), *sorted(shard_of.values()), MEMBER_WEIGHTS, REFERENCE_FILE]
     return Manifest(
         id=spec.id, kind=base.kind, task=base.task, format=base.format, processor=base.processor,
         precision=base.precision, seq_len=seq_len, labels=labels, artifact=base.artifact, weights=MEMBER_WEIGHTS,
         tokenizer=base.tokenizer, tensors=dict(sorted(tensors.items())),
         adapter=Adapter(rank=adapter.rank, alpha=adapter.alpha, targets=mapped.targets, base=base.id),
-        family_graph=base.family_graph, files=describe_files(work, files),
+        family_graph=family, files=describe_files(work, files),
         profile=base.profile.model_copy(deep=True) if base.profile else None,
         batching=spec.batching if spec.given("batching") else base.batching,
         source=spec.source.describe(), base=base.id, spec_sha256=key,
@@ -235,15 +237,30 @@ def lora_slots(graph: Path) -> list[str] | None:
     return None
 
 
-def _log_slots(spec: ModelSpec, base: Manifest, base_folder: Path, targets: list[str], log: Log) -> None:
-    """Say which targets the base's family graph cannot run yet (the member is written all the same)."""
-    if not base.family_graph:
-        log(f"{spec.id}: the base {base.id} has no family graph yet: none of the {len(targets)} LoRA targets has a "
-            "slot to run in")
-        return
-    slots = set(lora_slots(base_folder / base.family_graph) or [])
-    missing = [t for t in targets if t not in slots]
-    if missing:
-        log(f"{spec.id}: the family graph {base.family_graph} has no LoRA slot for {len(missing)} of "
-            f"{len(targets)} targets (the server cannot load the adapter until the base is re-traced with them): "
-            f"{', '.join(missing)}")
+def _family_graph(spec: ModelSpec, base: Manifest, base_folder: Path, targets: list[str], model: Any, pooling: str,
+                  sep: int, example: tuple[torch.Tensor, torch.Tensor], work: Path, log: Log) -> str:
+    """The family graph the member runs in: its base's when that has a LoRA slot for every target, else
+    one traced now from the base (at its stored precision) with slots for these targets too.
+
+    A member with its own graph forms a family with the adapters that share that slot set (and the
+    base's tensors), not with the base's other members: a batch runs one graph.
+    """
+    missing = list(targets)
+    if base.family_graph:
+        slots = set(lora_slots(base_folder / base.family_graph) or [])
+        missing = [t for t in targets if t not in slots]
+        if not missing:
+            return base.family_graph
+    from shoal.family import graph as family_graph
+    from shoal.trace import quantize
+    from shoal.trace.wrappers import wrap
+
+    wrapper = wrap(base.task, quantize.model_at_precision(model, base.precision, "cpu"), pooling=pooling,
+                   sep_token_id=sep)
+    slots = tuple(dict.fromkeys([*family_graph.DEFAULT_SLOTS, *missing]))
+    graph, layout = family_graph.trace(wrapper, example, slots)
+    name = f"family-{hashlib.sha256(json.dumps(layout.slots).encode()).hexdigest()[:12]}.pt"
+    family_graph.save(graph, layout, work / name)
+    log(f"{spec.id}: {len(missing)} of {len(targets)} LoRA targets have no slot in the base's family graph: traced "
+        f"{name} with slots for them ({len(layout.slots)} slots); the adapter batches with members of that graph")
+    return name
