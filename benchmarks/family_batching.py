@@ -138,6 +138,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--inprocess-seconds", type=float, default=8.0)
+    ap.add_argument("--server-args", default="", help="extra `shoal serve` arguments, e.g. '--max-batch-size 8'")
+    ap.add_argument("--same-model", action="store_true",
+                    help="also serve the base alone to the same clients: the same-model tail, for comparison")
     ap.add_argument("--keep", action="store_true", help="keep the scratch store (default: removed at the end)")
     args = ap.parse_args()
     ids = ensure_family(args.scratch, args.base_store, args.base, args.partial, args.lora)
@@ -157,12 +160,7 @@ def main() -> None:
         best = max(r["seq_per_s"] for r in rows)
         del handlers
         expected = reference_answers(args.scratch, ids, texts)
-        server = Server(["--store", f"file://{args.scratch}", "--models", ",".join(ids), "--preload", "all"])
-        try:
-            run = asyncio.run(closed_loop_checked(server.url, ids, args.clients, args.duration, args.warmup, texts))
-            batch = _mean_batch(server.url)
-        finally:
-            server.stop()
+        run, batch = serve_and_load(args, ids, ids, texts)
         answers = run.pop("answers")
         worst = max(max(abs(a - b) for a, b in zip(scores, expected[(m, t)])) for m, t, scores in answers)
         report["server"] = run | {"mean_batch": batch}
@@ -170,11 +168,27 @@ def main() -> None:
         report["answers_checked"] = len(answers)
         report["max_probability_change_vs_alone"] = round(worst, 6)
         report["within_gate"] = worst <= PROBABILITY_GATE
+        if args.same_model:  # the tail of one model's own batches under the same clients, same run
+            same, same_batch = serve_and_load(args, [args.base], [args.base], texts)
+            same.pop("answers")
+            report["same_model_server"] = same | {"mean_batch": same_batch}
         report["load1_after"] = round(os.getloadavg()[0], 2)
     finally:
         if not args.keep:
             shutil.rmtree(args.scratch, ignore_errors=True)
     print(json.dumps(report, indent=2))
+
+
+def serve_and_load(args: argparse.Namespace, catalog: list[str], targets: list[str],
+                   texts: list[str]) -> tuple[dict, float]:
+    """A server over ``catalog``, the closed loop over ``targets``; the run and its mean batch."""
+    server = Server(["--store", f"file://{args.scratch}", "--models", ",".join(catalog), "--preload", "all",
+                     *args.server_args.split()])
+    try:
+        run = asyncio.run(closed_loop_checked(server.url, targets, args.clients, args.duration, args.warmup, texts))
+        return run, _mean_batch(server.url)
+    finally:
+        server.stop()
 
 
 def _mean_batch(url: str) -> float:
