@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from shoal.pack.demand import Demands
+from shoal.pack.families import chunk, has_members
 from shoal.pack.packing import TOL
 
 EPS = 1e-12
@@ -165,10 +166,17 @@ def min_slack(d: Demands, items: list[int] | np.ndarray, t: int) -> list[list[in
 
 
 def pack_type(d: Demands, items: list[int] | np.ndarray, t: int) -> list[list[int]]:
-    """The packing with the fewest devices among the rules that suit these sizes."""
+    """The packing with the fewest devices among the rules that suit these sizes.
+
+    Family members are first cut into device-sized groups (``families.chunk``) that move as one
+    item, so a family lands on as few devices as its demand allows.
+    """
     idx = np.asarray(items, dtype=int)
     if idx.size == 0:
         return []
+    if has_members(d, idx):
+        groups = chunk(d, idx, t)
+        return groups.expand(pack_type(groups.demands, np.arange(groups.demands.n), 0))
     tries = [best_fit_decreasing(d, idx, t)]
     m, c = normalized(d, idx, t)
     floor = max(1, math.ceil(max(m.sum(), c.sum()) - TOL))

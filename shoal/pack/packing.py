@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shoal.pack.demand import Demands
+from shoal.pack.families import charge
 
 TOL = 1e-9
 
@@ -45,11 +46,14 @@ class Packing:
 
 
 def load(d: Demands, t: int, items: list[int]) -> tuple[float, float]:
-    """(memory, compute) of a device of type ``t`` holding ``items``, as device fractions."""
+    """(memory, compute) of a device of type ``t`` holding ``items``, as device fractions.
+
+    Each family with a member here adds its shared bytes once.
+    """
     if not items:
         return 0.0, 0.0
     idx = np.asarray(items)
-    return float(d.mem[idx, t].sum()), float(d.comp[idx, t].sum())
+    return float(d.mem[idx, t].sum()) + charge(d, t, items), float(d.comp[idx, t].sum())
 
 
 def fits(d: Demands, t: int, items: list[int]) -> bool:
