@@ -83,8 +83,10 @@ def check_request(req: PackRequest) -> None:
         raise UsageError("--synthetic must be at least 1")
     if req.synthetic_family is not None and req.synthetic_family < 2:
         raise UsageError("--synthetic-family must be at least 2")
-    if sum(x is not None for x in (req.models, req.synthetic, req.synthetic_family)) > 1:
-        raise UsageError("give one of --models, --synthetic and --synthetic-family")
+    if req.synthetic is not None and req.models is not None:
+        raise UsageError("give either --models or --synthetic, not both")
+    if req.synthetic_family is not None and (req.models is not None or req.synthetic is not None):
+        raise UsageError("give either --synthetic-family or --models / --synthetic, not both")
     if req.time_limit <= 0:
         raise UsageError("--time-limit must be positive")
     if not 1 <= req.base_port <= 65535:
