@@ -86,7 +86,7 @@ def test_models_list_cli_shows_families_and_the_total(store: ModelStore) -> None
     assert len(lines) == 3 and all(key in line for line in lines)
     t = totals(model_bytes(m) for m in store.manifests())
     total = [line for line in out.stdout.splitlines() if line.startswith("total:")]
-    assert total and "5 models" in total[0] and f"{key} (4 models" in total[0]
+    assert total and "5 models" in total[0] and f"{key} (4 models" in total[0] and "(1 model," in total[0]
     assert t.total_bytes < sum(m.weight_bytes for m in store.manifests())
     listed_json = subprocess.run([sys.executable, "-m", "shoal.cli", "models", "list", "--json", "--store",
                                   store.uri], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
