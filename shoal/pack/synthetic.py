@@ -87,29 +87,33 @@ def synthetic_family(n: int, seed: int = 0, rps_median: float = 0.3, rps_sigma: 
                                 dtype="BF16", shape=shape) for name, shape in shapes.items()}
     from shoal.family.keys import is_own
 
+    own_names = [name for name, t in shared.items() if is_own(name, t)]
+    base_bytes = sum(t.nbytes for t in shared.values())
+    lora_bytes = MINILM_LAYERS * 2 * 2 * (8 * MINILM_HIDDEN) * 2  # layers x (query, value) x (A, B) x bf16
     width = max(5, len(str(n - 1)))
     out = []
     for i in range(n):
         tensors = dict(shared)
-        for name, t in shared.items():
-            if is_own(name, t):
-                tensors[name] = t.model_copy(update={"sha256": hashlib.sha256(f"{i}:{name}".encode()).hexdigest(),
-                                                     "file": "own.safetensors"})
+        for name in own_names:
+            tensors[name] = TensorEntry.model_construct(sha256=hashlib.sha256(f"{i}:{name}".encode()).hexdigest(),
+                                                        file="own.safetensors", key=None, dtype="BF16",
+                                                        shape=shared[name].shape)
         if lora[i]:
             for layer in range(MINILM_LAYERS):
                 for target in ("query", "value"):
                     stem = f"model.bert.encoder.layer.{layer}.attention.self.{target}"
                     for suffix, shape in ((".lora_A", [8, MINILM_HIDDEN]), (".lora_B", [MINILM_HIDDEN, 8])):
-                        tensors[stem + suffix] = TensorEntry(
+                        tensors[stem + suffix] = TensorEntry.model_construct(
                             sha256=hashlib.sha256(f"{i}:{stem}{suffix}".encode()).hexdigest(),
-                            file="own.safetensors", dtype="BF16", shape=shape)
-        weight_bytes = sum(t.nbytes for t in tensors.values())
+                            file="own.safetensors", key=None, dtype="BF16", shape=shape)
+        weight_bytes = base_bytes + (lora_bytes if lora[i] else 0)
         latency = {1: 5.9, 2: 9.5, 4: 15.0, 8: 24.2}
         profile = Profile(param_bytes=weight_bytes, artifact_bytes=weight_bytes, resident_bytes=int(weight_bytes * 1.2),
                           latency_ms_p50=latency, threads=2, measured_on="synthetic")
-        manifest = Manifest(id=f"synth-minilm-{i:0{width}d}", kind="text", task="classification", precision="bf16",
-                            seq_len=128, profile=profile, batching=Batching(max_batch_size=8, max_delay_ms=2.0),
-                            tensors=tensors, family_graph="family.pt", files={"family.pt": graph},
-                            source="synthetic", created_at="synthetic")
+        # built without validation: the fields are ours, and the shared entries are already one object each
+        manifest = Manifest.model_construct(
+            id=f"synth-minilm-{i:0{width}d}", kind="text", task="classification", precision="bf16", seq_len=128,
+            profile=profile, batching=Batching(max_batch_size=8, max_delay_ms=2.0), tensors=tensors,
+            family_graph="family.pt", files={"family.pt": graph}, source="synthetic", created_at="synthetic")
         out.append((manifest, round(float(rps[i]), 4)))
     return out
