@@ -11,6 +11,8 @@ Families (shared bytes paid once per device hosting a member) add one variable y
 per family and type, at least every member's share x[i, t] on that type: in a real plan
 y is the number of devices of t holding the family. The family's shared bytes enter the
 memory rows (and their DFF images, as one more item on each such device) through y.
+A device holding f carries at most its compute limit of f's compute and its memory limit less
+f's shared bytes of f's own bytes, so y is also at least f's demand on t over those.
 """
 
 from __future__ import annotations
@@ -122,6 +124,19 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
         lo.append([0.0])
         hi.append([np.inf])
         r += 1
+    for (f, t), col in y_col.items():  # devices holding f carry at most one device's worth of its demand each
+        assert d.families is not None
+        sel = np.flatnonzero((fam_of == f) & (pairs_t == t))
+        room = (d.max_memory - d.families.shared[f, t], d.max_compute)
+        for mat, cap in ((d.mem, room[0]), (d.comp, room[1])):
+            if cap <= TOL:
+                continue
+            rows += [np.full(sel.size + 1, r)]
+            cols += [np.append(sel, col)]
+            vals += [np.append(mat[pairs_i[sel], t] / cap, -1.0)]
+            lo.append([-np.inf])
+            hi.append([0.0])
+            r += 1
     for t in range(k):
         sel = np.flatnonzero(pairs_t == t)
         if sel.size == 0:

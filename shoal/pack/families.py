@@ -128,12 +128,15 @@ class Chunks:
         return [[m for c in b for m in self.groups[c]] for b in bins]
 
 
-def chunk(d: "Demands", items: np.ndarray, t: int) -> Chunks:
-    """Cut each family's members (on type ``t``) into as few groups as one device's limits allow.
+def chunk(d: "Demands", items: np.ndarray, t: int, scale: float = 1.0) -> Chunks:
+    """Cut each family's members (on type ``t``) into as few groups as ``scale`` of a device allows.
 
-    First-fit decreasing into devices whose memory is already short by the family's shared bytes:
-    every group but the last fills a device; the last is an ordinary item the packers combine
-    with other models. A group's demand is its members' own demand plus the shared bytes once.
+    First-fit decreasing into room whose memory is already short by the family's shared bytes. At
+    scale 1 every group but the last fills a device, the right cut when families fill devices; a
+    smaller scale cuts compute-heavy families into pieces that fill the compute left beside
+    memory-heavy models, paying the shared bytes once per piece's device. A group's demand is its
+    members' own demand plus the shared bytes once; a member too large for the scaled room gets a
+    group of its own (it fits a device alone).
     """
     from shoal.pack.demand import Demands
 
@@ -155,13 +158,14 @@ def chunk(d: "Demands", items: np.ndarray, t: int) -> Chunks:
         idx = np.asarray(members)
         m, c = d.mem[idx, t], d.comp[idx, t]
         order = np.argsort(-np.maximum(m / d.max_memory, c / d.max_compute), kind="stable")
-        room_m = d.max_memory - fam.shared[f, t]
+        room_m = scale * (d.max_memory - fam.shared[f, t])
+        room_c = scale * d.max_compute
         lm: list[float] = []
         lc: list[float] = []
         mine: list[list[int]] = []
         for k in order:
             for b in range(len(mine)):
-                if lm[b] + m[k] <= room_m + TOL and lc[b] + c[k] <= d.max_compute + TOL:
+                if lm[b] + m[k] <= room_m + TOL and lc[b] + c[k] <= room_c + TOL:
                     break
             else:
                 b = len(mine)
