@@ -116,6 +116,21 @@ def test_a_thousand_members_need_far_fewer_servers() -> None:
     assert len(hot.plan.families[0].servers) == len(hot.plan.servers)  # only the family here: on every server
 
 
+def test_families_mix_with_models_without_one() -> None:
+    """Small compute-light members beside large models: family pieces fill the room the large ones leave."""
+    rng = np.random.default_rng(5)
+    loads = [member(i, f"f{i % 4}", 2, 100, comp=float(rng.uniform(0.02, 0.05))) for i in range(120)]
+    loads += [member(200 + i, None, float(rng.uniform(200, 400)), 0, comp=0.02) for i in range(40)]
+    d, report, plan = pack(loads, devices=4)
+    comp_devices = float(d.comp[:, 0].sum()) / 0.9
+    mem_devices = (float(d.mem[:, 0].sum()) + 4 * 100 * MIB / GIB) / 0.9
+    assert len(plan.servers) <= math.ceil(max(comp_devices, mem_devices)) + 2
+    assert report.cost_per_hour <= report.lower_bound * 1.25
+    whole = [member(i, None, x.memory_bytes / MIB + x.shared_bytes / MIB, 0, comp=x.rps / 1000.0)
+             for i, x in enumerate(loads)]
+    assert plan.cost_per_hour < pack(whole, devices=4)[2].cost_per_hour
+
+
 def test_replan_keeps_family_members_in_place(tmp_path: Path) -> None:
     first = run_pack(PackRequest(instances=["c5.2xlarge"], synthetic_family=200, time_limit=1.0))
     first.plan.save(tmp_path / "plan.json")
