@@ -159,6 +159,11 @@ def test_the_report_shows_families(tmp_path: Path, capsys: pytest.CaptureFixture
 
 # -- properties ------------------------------------------------------------------------------------
 
+def _strictly_fits(d: Demands, items: list[int]) -> bool:
+    m, c = load(d, 0, items)
+    return bool(d.ok[items, 0].all()) and m <= d.max_memory + 1e-12 and c <= d.max_compute + 1e-12
+
+
 def _best_devices(d: Demands) -> int:
     """Fewest devices any packing of ``d`` on type 0 needs (brute force over assignments, n <= 6)."""
     best = d.n
@@ -166,7 +171,7 @@ def _best_devices(d: Demands) -> int:
         if max(assign) + 1 >= best or any(assign[i] > max(assign[:i], default=-1) + 1 for i in range(d.n)):
             continue  # canonical labelling only (device k opened after k-1)
         bins = [[i for i in range(d.n) if assign[i] == k] for k in range(max(assign) + 1)]
-        if all(fits(d, 0, b) for b in bins):
+        if all(_strictly_fits(d, b) for b in bins):
             best = len(bins)
     return best
 
