@@ -32,8 +32,9 @@ class ModelBytes:
 
 def model_bytes(manifest: Manifest) -> ModelBytes:
     key = family_key(manifest)
-    if key is None:
-        return ModelBytes(None, manifest.weight_bytes, 0)
+    if key is None:  # a frozen artifact holds its weights inside: its measured parameter bytes
+        p = manifest.profile
+        return ModelBytes(None, manifest.weight_bytes or (p.param_bytes if p else 0), 0)
     return ModelBytes(key, own_bytes(manifest), shared_bytes(manifest))
 
 

@@ -162,8 +162,8 @@ def check_feasible(d: Demands, loads: list[ModelLoad]) -> None:
         mem_fit = compat[alone[i, compat] <= d.max_memory + 1e-12]
         if mem_fit.size == 0:
             raise UsageError(
-                f"model {load.id} needs {(load.memory_bytes + load.shared_bytes) / 2**30:.2f} GiB but the largest device, "
-                f"{t.accelerator} on {t.name}, allows {d.max_memory:.0%} of "
+                f"model {load.id} needs {(load.memory_bytes + load.shared_bytes) / 2**30:.2f} GiB but the largest "
+                f"device, {t.accelerator} on {t.name}, allows {d.max_memory:.0%} of "
                 f"{t.device_memory_bytes / 2**30:.2f} GiB = {d.max_memory * t.device_memory_bytes / 2**30:.2f} GiB "
                 f"(--max-memory)")
         fast = min(mem_fit, key=lambda j: d.comp[i, j])

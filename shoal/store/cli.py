@@ -82,8 +82,8 @@ def list_models(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("-
         console = Console(width=200)
     console.print(table)
     if manifests:
-        fams = ", ".join(f"{short_key(f.key)} ({f.members} model{'s' if f.members > 1 else ''}, {_fmt_bytes(f.shared_bytes)} shared)"
-                         for f in sums.families.values())
+        fams = ", ".join(f"{short_key(f.key)} ({f.members} model{'s' if f.members > 1 else ''}, "
+                         f"{_fmt_bytes(f.shared_bytes)} shared)" for f in sums.families.values())
         typer.echo(f"total: {len(manifests)} models, {_fmt_bytes(sums.total_bytes)} of weights with each family's "
                    f"shared bytes once ({_fmt_bytes(sums.own_bytes)} own + {_fmt_bytes(sums.shared_bytes)} shared)"
                    + (f"; families: {fams}" if fams else ""))
