@@ -15,7 +15,7 @@ exactly as before (its full measured resident size), as the server serves it thr
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -65,8 +65,6 @@ class Families:
 
 def assign_families(manifests: Sequence[Manifest], loads: list["ModelLoad"]) -> list["ModelLoad"]:
     """``loads`` with members of families of two or more packed models charged their own bytes only."""
-    from dataclasses import replace
-
     keys = [family_key(m) for m in manifests]
     count: dict[str, int] = defaultdict(int)
     for k in keys:
@@ -197,19 +195,6 @@ def unit_groups(d: "Demands", dev: list[int]) -> list[list[int]]:
         else:
             by[f].append(m)
     return out + list(by.values())
-
-
-def conservative(d: "Demands") -> "Demands":
-    """The same models with every member charged its family's shared bytes in full (no families).
-
-    Any packing valid here is valid with families (shared bytes are paid at most once per device
-    there), so solvers that only know additive sizes (the exact MILP) can still propose plans.
-    """
-    from shoal.pack.demand import Demands
-
-    if d.families is None:
-        return d
-    return Demands(d.ids, d.types, d.mem + d.families.alone(), d.comp, d.compatible, d.max_memory, d.max_compute)
 
 
 @dataclass

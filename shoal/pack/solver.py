@@ -5,8 +5,7 @@ Order of work: (1) the relaxation gives a proven lower bound and a fractional pl
 types' counts pinned, and each single-type plan into whole devices, and the cheapest
 wins; (3) improvement moves empty the lightest instances; (4) if the problem is small
 enough, the exact MILP proves the optimum (or tightens the bound) within the time
-limit. The report always carries the bound and the gap to it. The MILP knows only
-additive sizes, so with families (shared bytes paid once per device) it is skipped.
+limit. The report always carries the bound and the gap to it.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from shoal.errors import UsageError
 from shoal.pack.bounds import Bound, lower_bound, tightest
 from shoal.pack.demand import Demands
 from shoal.pack.exact import MAX_ASSIGN_VARS, problem_size, solve_exact
-from shoal.pack.families import conservative
 from shoal.pack.heuristic import guided, single_type
 from shoal.pack.improve import improve
 from shoal.pack.packing import Packing
@@ -79,7 +77,6 @@ def solve(d: Demands, time_limit: float = 5.0, exact: bool = True, start: Packin
     best = improve(d, best, deadline=min(deadline, time.monotonic() + max(0.5, time_limit / 3)))
     lb, method, optimal = bound.value, "heuristic: relaxation-guided greedy packing + improvement", False
     cost = best.cost(d)
-    exact = exact and d.families is None
     if start is None and exact and cost > lb + 1e-9 and problem_size(d, cost) <= MAX_ASSIGN_VARS:
         remaining = deadline - time.monotonic()
         if remaining > 0.2:
@@ -121,19 +118,11 @@ def _rounded_assignments(bound: Bound, limit: int = 4) -> list[np.ndarray]:
 
 
 def _exact_only(d: Demands, bound: float, t0: float, time_limit: float) -> Result:
-    """No greedy packing respects the limited instance counts: ask the MILP, or say why not.
-
-    With families the MILP sees every member charged its shared bytes in full (a valid plan,
-    maybe not the cheapest), so neither its optimality nor its bound carries over.
-    """
-    plain = conservative(d)
-    if problem_size(plain, float("inf")) <= MAX_ASSIGN_VARS:
-        r = solve_exact(plain, float("inf"), max(0.5, time_limit - (time.monotonic() - t0)))
+    """No greedy packing respects the limited instance counts: ask the MILP, or say why not."""
+    if problem_size(d, float("inf")) <= MAX_ASSIGN_VARS:
+        r = solve_exact(d, float("inf"), max(0.5, time_limit - (time.monotonic() - t0)))
         if r.packing is not None:
             cost = r.packing.cost(d)
-            if d.families is not None:
-                return Result(r.packing, cost, min(bound, cost), "exact: HiGHS MILP (families charged in full)",
-                              time.monotonic() - t0, cost <= bound + 1e-9)
             lb = cost if r.optimal else max(bound, min(r.bound, cost))
             return Result(r.packing, cost, lb, "exact: HiGHS MILP", time.monotonic() - t0, r.optimal)
     raise UsageError(f"no plan found within the limits; tightest constraint: {tightest(d)}")
