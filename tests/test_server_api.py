@@ -137,6 +137,8 @@ def test_models_listing_docs_and_metrics(server: ServerProcess) -> None:
         by_id = {m["id"]: m for m in listing["models"]}
         assert by_id["tiny-cls"]["state"] == "ready" and by_id["tiny-cls"]["task"] == "classification"
         assert by_id["tiny-cls"]["bytes"] > 0 and by_id["tiny-cls"]["load_ms"] > 0
+        assert by_id["tiny-cls"]["own_bytes"] > 0 and by_id["tiny-cls"]["shared_bytes"] >= 0
+        assert "family" in by_id["tiny-cls"] and listing["total_bytes"] >= by_id["tiny-cls"]["own_bytes"]
         assert by_id["broken"]["state"] == "failed" and "sha256" in by_id["broken"]["reason"]
         assert c.get("/docs").status_code == 200
         spec = c.get("/openapi.json").json()

@@ -9,6 +9,7 @@ tensors have the same digests under the same graph are one family, whatever thei
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 from shoal.store.manifest import Manifest, TensorEntry
 
@@ -22,7 +23,13 @@ def is_head(name: str) -> bool:
 
 def is_own(name: str, entry: TensorEntry) -> bool:
     """A tensor each member of a family may have its own value of (applied per row of a batch)."""
-    return name.endswith(LORA_SUFFIXES) or is_head(name) or (len(entry.shape) == 1 and name.endswith(
+    return _is_own(name, len(entry.shape))
+
+
+@lru_cache(maxsize=1 << 16)
+def _is_own(name: str, ndim: int) -> bool:
+    """Remembered: 10,000 members list the same ~100 names, and pack and listings ask for each."""
+    return name.endswith(LORA_SUFFIXES) or is_head(name) or (ndim == 1 and name.endswith(
         (".bias", "LayerNorm.weight", "LayerNorm.bias", "layer_norm.weight", "layer_norm.bias")))
 
 

@@ -6,6 +6,13 @@ of a device (five fractional models fill a device no real packing can), so each 
 also gets rows built from *dual feasible functions* (Fekete & Schepers): maps f of item
 sizes with ``sum(s) <= 1 => sum(f(s)) <= 1``. Any real packing satisfies them, so the
 bound stays valid while the rounding effect of large models is charged for.
+
+Families (shared bytes paid once per device hosting a member) add one variable y[f, t]
+per family and type, at least every member's share x[i, t] on that type: in a real plan
+y is the number of devices of t holding the family. The family's shared bytes enter the
+memory rows (and their DFF images, as one more item on each such device) through y.
+A device holding f carries at most its compute limit of f's compute and its memory limit less
+f's shared bytes of f's own bytes, so y is also at least f's demand on t over those.
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ class Relaxation:
         """
         n, k = self.shape
         nx = self.pairs_i.size
-        lo, hi = np.zeros(nx + k), self.upper.copy()
+        lo, hi = np.zeros(self.upper.size), self.upper.copy()
         for t, count in pinned.items():
             lo[nx + t] = hi[nx + t] = count
         res = milp(self.c, bounds=Bounds(lo, hi), constraints=self.cons, options=_options(time_limit))
@@ -106,25 +113,56 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
     rows, cols, vals = [pairs_i], [np.arange(nx)], [np.ones(nx)]
     lo, hi = [np.ones(n)], [np.ones(n)]
     r = n
+    fam_of = d.families.of[pairs_i] if d.families is not None else np.full(nx, -1)
+    y_col: dict[tuple[int, int], int] = {}  # (family, type) -> column, after the x and count columns
+    for v in np.flatnonzero(fam_of >= 0):
+        key = (int(fam_of[v]), int(pairs_t[v]))
+        col = y_col.setdefault(key, nx + k + len(y_col))
+        rows.append([r, r])
+        cols.append([col, v])
+        vals.append([1.0, -1.0])
+        lo.append([0.0])
+        hi.append([np.inf])
+        r += 1
+    for (f, t), col in y_col.items():  # devices holding f carry at most one device's worth of its demand each
+        assert d.families is not None
+        sel = np.flatnonzero((fam_of == f) & (pairs_t == t))
+        room = (d.max_memory - d.families.shared[f, t], d.max_compute)
+        for mat, cap in ((d.mem, room[0]), (d.comp, room[1])):
+            if cap <= TOL:
+                continue
+            rows += [np.full(sel.size + 1, r)]
+            cols += [np.append(sel, col)]
+            vals += [np.append(mat[pairs_i[sel], t] / cap, -1.0)]
+            lo.append([-np.inf])
+            hi.append([0.0])
+            r += 1
     for t in range(k):
         sel = np.flatnonzero(pairs_t == t)
         if sel.size == 0:
             continue
         items = pairs_i[sel]
+        fams = sorted(f for (f, tt) in y_col if tt == t)
         for mat, cap in ((d.mem, d.max_memory), (d.comp, d.max_compute)):
             s = np.clip(mat[items, t] / cap, 0.0, 1.0)
+            extra = [y_col[(f, t)] for f in fams] if mat is d.mem else []
+            if extra:
+                assert d.families is not None
+                s = np.concatenate([s, np.clip(d.families.shared[fams, t] / cap, 0.0, 1.0)])
             for f in size_functions(s):
-                rows += [np.full(sel.size, r), [r]]
-                cols += [sel, [nx + t]]
+                rows += [np.full(s.size, r), [r]]
+                cols += [np.concatenate([sel, np.asarray(extra, dtype=int)]), [nx + t]]
                 vals += [f, [-devs[t]]]
                 lo.append([-np.inf])
                 hi.append([0.0])
                 r += 1
+    ny = len(y_col)
     a = coo_matrix((np.concatenate(vals), (np.concatenate([np.asarray(x) for x in rows]),
-                                           np.concatenate([np.asarray(x) for x in cols]))), shape=(r, nx + k)).tocsr()
-    c = np.concatenate([np.zeros(nx), prices])
-    ub = np.concatenate([np.ones(nx), [t.max_count if t.max_count else np.inf for t in d.types]])
-    bounds = Bounds(np.zeros(nx + k), ub)
+                                           np.concatenate([np.asarray(x) for x in cols]))),
+                   shape=(r, nx + k + ny)).tocsr()
+    c = np.concatenate([np.zeros(nx), prices, np.zeros(ny)])
+    ub = np.concatenate([np.ones(nx), [t.max_count if t.max_count else np.inf for t in d.types], np.full(ny, np.inf)])
+    bounds = Bounds(np.zeros(nx + k + ny), ub)
     cons = LinearConstraint(a, np.concatenate(lo), np.concatenate(hi))
     # Pure LP first: fast and always a valid bound; then integer instance counts on top.
     res = milp(c, bounds=bounds, constraints=cons, options=_options(time_limit))
@@ -133,16 +171,17 @@ def lower_bound(d: Demands, time_limit: float = 5.0) -> Bound:
     if res.x is None:
         return Bound(0.0, None, None, False)
     best_x, value, proven = res.x, float(res.fun), res.status == 0
-    value = max(value, _representable(prices, ub[nx:], value))
+    value = max(value, _representable(prices, ub[nx:nx + k], value))
     relax = Relaxation(c, cons, ub, pairs_i, pairs_t, (n, k))
-    lp_counts = best_x[nx:].copy()
+    lp_counts = best_x[nx:nx + k].copy()
     if nx > INTEGER_COUNTS_MAX_VARS:
         x = np.zeros((n, k))
         x[pairs_i, pairs_t] = best_x[:nx]
         return Bound(max(0.0, value), x, lp_counts, proven, relaxation=relax)
     # Small problems: integer instance counts with the models still fractional, a little
     # tighter; its dual bound is valid even when the time limit stops it.
-    integral = milp(c, integrality=np.concatenate([np.zeros(nx), np.ones(k)]), bounds=bounds, constraints=cons,
+    integral = milp(c, integrality=np.concatenate([np.zeros(nx), np.ones(k), np.zeros(ny)]), bounds=bounds,
+                    constraints=cons,
                     options={**_options(min(1.0, time_limit)), "mip_rel_gap": 1e-6})
     if integral.status == 2:
         return Bound(np.inf, None, None, True, feasible=False, tightest=tightest(d))

@@ -23,6 +23,7 @@ Examples:
   shoal pack --instances inf1.6xlarge,g4dn.xlarge,g4dn.12xlarge --rps-per-model 2
   shoal pack --synthetic 3000 --seed 0 --instances inf1.6xlarge,g4dn.xlarge,g4dn.12xlarge
   shoal pack --previous plan.json -o plan.json      # after adding or removing models
+  shoal pack --synthetic-family 1000 --instances c5.2xlarge [--no-families]
 """
 
 
@@ -53,7 +54,11 @@ def pack(
     servers: Annotated[Optional[int], typer.Option(help="server processes on the 'local' instance")] = None,
     synthetic: Annotated[Optional[int], typer.Option(help="pack N synthetic BERT-base-size profiles "
                                                      "instead of the store's models")] = None,
-    seed: Annotated[int, typer.Option(help="seed of --synthetic")] = 0,
+    synthetic_family: Annotated[Optional[int], typer.Option(help="pack N synthetic members of one bf16 MiniLM "
+                                                            "family (shared base, small own tensors)")] = None,
+    families: Annotated[bool, typer.Option("--families/--no-families", help="charge a family's shared bytes "
+                                           "once per server (off: every member its full weights)")] = True,
+    seed: Annotated[int, typer.Option(help="seed of --synthetic and --synthetic-family")] = 0,
     previous: Annotated[Optional[Path], typer.Option(help="re-plan: keep this plan's placements where "
                                                      "possible and report how many models moved")] = None,
     catalog: Annotated[Optional[Path], typer.Option(help="instance catalog YAML (default: the built-in one)")
@@ -71,7 +76,8 @@ def pack(
 
     req = PackRequest(instances=instances.split(","), models=models, store=store, catalog=catalog,
                       max_memory=max_memory, max_compute=max_compute, rps_per_model=rps_per_model,
-                      batch_size=_batch(batch_size), servers=servers, synthetic=synthetic, seed=seed,
+                      batch_size=_batch(batch_size), servers=servers, synthetic=synthetic,
+                      synthetic_family=synthetic_family, families=families, seed=seed,
                       previous=previous, time_limit=time_limit, base_port=base_port)
     outcome = run_pack(req)
     try:

@@ -14,6 +14,7 @@ import numpy as np
 
 from shoal.errors import UsageError
 from shoal.pack.catalog import InstanceType
+from shoal.pack.families import Families, build_families
 from shoal.store.manifest import Manifest
 
 
@@ -28,6 +29,8 @@ class ModelLoad:
     batch_size: int
     ms_per_request: float = 0.0
     threads: int = 1
+    family: str | None = None  # family key when packed with another member (then memory_bytes is its own)
+    shared_bytes: int = 0  # the family's shared bytes, paid once per device hosting a member
 
 
 def choose_batch(latency: dict[int, float], max_batch: int, rps: float, max_delay_ms: float,
@@ -83,7 +86,8 @@ class Demands:
 
     ``mem[i, t]`` and ``comp[i, t]`` are fractions of one device of type ``t``;
     ``ok[i, t]`` (computed once) is False where the artifact cannot run or does not fit
-    within the limits.
+    within the limits. ``families`` (None: no family) says which models share bytes paid once
+    per device; their ``mem`` is then only what each member brings (``families.py``).
     """
 
     ids: list[str]
@@ -93,10 +97,12 @@ class Demands:
     compatible: np.ndarray
     max_memory: float
     max_compute: float
+    families: Families | None = None
     ok: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.ok = self.compatible & (self.mem <= self.max_memory + 1e-12) & (self.comp <= self.max_compute + 1e-12)
+        alone = self.mem if self.families is None else self.mem + self.families.alone()
+        self.ok = self.compatible & (alone <= self.max_memory + 1e-12) & (self.comp <= self.max_compute + 1e-12)
 
     @property
     def n(self) -> int:
@@ -106,17 +112,19 @@ class Demands:
         """The same models with some types made unavailable (columns kept, so indexes match)."""
         compatible = self.compatible.copy()
         compatible[:, cols] = False
-        return Demands(self.ids, self.types, self.mem, self.comp, compatible, self.max_memory, self.max_compute)
+        return Demands(self.ids, self.types, self.mem, self.comp, compatible, self.max_memory, self.max_compute,
+                       self.families)
 
     def subset(self, rows: list[int] | np.ndarray) -> "Demands":
         r = np.asarray(rows, dtype=int)
         return Demands([self.ids[i] for i in r], self.types, self.mem[r], self.comp[r], self.compatible[r],
-                       self.max_memory, self.max_compute)
+                       self.max_memory, self.max_compute, self.families.subset(r) if self.families else None)
 
     def only_types(self, cols: list[int]) -> "Demands":
         c = np.asarray(cols, dtype=int)
         return Demands(self.ids, [self.types[j] for j in c], self.mem[:, c], self.comp[:, c],
-                       self.compatible[:, c], self.max_memory, self.max_compute)
+                       self.compatible[:, c], self.max_memory, self.max_compute,
+                       self.families.only_types(c) if self.families else None)
 
 
 def build_demands(loads: list[ModelLoad], types: list[InstanceType], max_memory: float,
@@ -134,7 +142,8 @@ def build_demands(loads: list[ModelLoad], types: list[InstanceType], max_memory:
             compatible[i, j] = True
             mem[i, j] = load.memory_bytes / t.device_memory_bytes
             comp[i, j] = load.rps * load.ms_per_request / 1000.0 / speed
-    return Demands([x.id for x in loads], list(types), mem, comp, compatible, max_memory, max_compute)
+    return Demands([x.id for x in loads], list(types), mem, comp, compatible, max_memory, max_compute,
+                   build_families(loads, types))
 
 
 def check_feasible(d: Demands, loads: list[ModelLoad]) -> None:
@@ -149,11 +158,12 @@ def check_feasible(d: Demands, loads: list[ModelLoad]) -> None:
                              f"types ({kinds}): add a {load.processor} instance type or re-trace it")
         big = max(compat, key=lambda j: d.types[j].device_memory_bytes)
         t = d.types[big]
-        mem_fit = compat[d.mem[i, compat] <= d.max_memory + 1e-12]
+        alone = d.mem if d.families is None else d.mem + d.families.alone()
+        mem_fit = compat[alone[i, compat] <= d.max_memory + 1e-12]
         if mem_fit.size == 0:
             raise UsageError(
-                f"model {load.id} needs {load.memory_bytes / 2**30:.2f} GiB but the largest device, "
-                f"{t.accelerator} on {t.name}, allows {d.max_memory:.0%} of "
+                f"model {load.id} needs {(load.memory_bytes + load.shared_bytes) / 2**30:.2f} GiB but the largest "
+                f"device, {t.accelerator} on {t.name}, allows {d.max_memory:.0%} of "
                 f"{t.device_memory_bytes / 2**30:.2f} GiB = {d.max_memory * t.device_memory_bytes / 2**30:.2f} GiB "
                 f"(--max-memory)")
         fast = min(mem_fit, key=lambda j: d.comp[i, j])

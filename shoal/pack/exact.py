@@ -4,7 +4,8 @@ Variables: z[i,t,j] = model i on device j of type t; u[t,j] = device used; n[t] 
 instances of t bought. Devices of a type are interchangeable, so two symmetry cuts keep
 the search small: used devices come first (u[t,j] >= u[t,j+1]), and model i (models
 sorted largest first) may only open devices j <= i. The heuristic's cost caps how many
-instances of each type are worth offering.
+instances of each type are worth offering. Families add w[f,t,j] >= z[i,t,j] for their members
+(device j holds family f), and each device's memory row pays f's shared bytes through w.
 """
 
 from __future__ import annotations
@@ -65,7 +66,13 @@ def solve_exact(d: Demands, upper: float, time_limit: float) -> ExactResult:
         u_offset.append(off)
         off += budget[t]
     n_base = off
-    nvar = n_base + len(d.types)
+    w_col: dict[tuple[int, int, int], int] = {}  # (family, type, device) -> column, after the counts
+    fam = d.families
+    if fam is not None:
+        for i, t, j in z_index:
+            if fam.of[i] >= 0:
+                w_col.setdefault((int(fam.of[i]), t, j), n_base + len(d.types) + len(w_col))
+    nvar = n_base + len(d.types) + len(w_col)
 
     rows: list[int] = []
     cols: list[int] = []
@@ -89,9 +96,17 @@ def solve_exact(d: Demands, upper: float, time_limit: float) -> ExactResult:
         by_device.setdefault((t, j), []).append(v)
     for i in range(d.n):
         row([(v, 1.0) for v in by_item.get(i, [])], 1.0, 1.0)
+    held: dict[tuple[int, int], list[tuple[int, float]]] = {}
+    for (f, t, j), col in w_col.items():
+        assert fam is not None
+        held.setdefault((t, j), []).append((col, float(fam.shared[f, t])))
+    for v, (i, t, j) in enumerate(z_index):
+        if fam is not None and fam.of[i] >= 0:
+            row([(v, 1.0), (w_col[(int(fam.of[i]), t, j)], -1.0)], -np.inf, 0.0)
     for (t, j), vs in by_device.items():
         u = u_offset[t] + j
-        row([(v, d.mem[z_index[v][0], t]) for v in vs] + [(u, -d.max_memory)], -np.inf, 0.0)
+        row([(v, d.mem[z_index[v][0], t]) for v in vs] + held.get((t, j), []) + [(u, -d.max_memory)],
+            -np.inf, 0.0)
         row([(v, d.comp[z_index[v][0], t]) for v in vs] + [(u, -d.max_compute)], -np.inf, 0.0)
         if len(z_index) <= 4000:
             for v in vs:
@@ -111,7 +126,9 @@ def solve_exact(d: Demands, upper: float, time_limit: float) -> ExactResult:
         ub[n_base + t] = math.ceil(budget[t] / typ.devices)
     # Presolve off: on a 4-model case with a 6e-8 demand, HiGHS's MIP presolve (SciPy 1.17.1)
     # returned a wrong "optimal" (tests/test_pack_solver.py keeps the case).
-    res = milp(c, integrality=np.ones(nvar), bounds=Bounds(np.zeros(nvar), ub),
+    integrality = np.ones(nvar)
+    integrality[n_base + len(d.types):] = 0  # w is forced to 1 by any member's z, and costs nothing
+    res = milp(c, integrality=integrality, bounds=Bounds(np.zeros(nvar), ub),
                constraints=LinearConstraint(a, lo, hi),
                options={"time_limit": time_limit, "mip_rel_gap": 1e-6, "disp": False, "presolve": False})
     dual = getattr(res, "mip_dual_bound", None)

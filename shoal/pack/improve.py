@@ -14,18 +14,24 @@ import time
 import numpy as np
 
 from shoal.pack.demand import Demands
+from shoal.pack.families import unit_groups
 from shoal.pack.heuristic import into_instances
 from shoal.pack.packers import pack_type
-from shoal.pack.packing import TOL, Instance, Packing
+from shoal.pack.packing import TOL, Instance, Packing, load
 
 
 class Slack:
-    """Spare room of every device outside the excluded instances, as flat arrays."""
+    """Spare room of every device outside the excluded instances, as flat arrays.
+
+    With families, each device also remembers which families it holds: a member joining a device
+    that already holds its family adds only its own bytes.
+    """
 
     def __init__(self, d: Demands, p: Packing, exclude: set[int]) -> None:
         self.d = d
         self.where: list[tuple[int, int]] = []
         types, mem, comp = [], [], []
+        self.held: list[set[int]] = []
         for k, inst in enumerate(p.instances):
             if k in exclude:
                 continue
@@ -33,18 +39,31 @@ class Slack:
                 idx = np.asarray(dev, dtype=int)
                 self.where.append((k, j))
                 types.append(inst.type)
-                mem.append(d.mem[idx, inst.type].sum() if dev else 0.0)
+                if d.families is None:
+                    mem.append(d.mem[idx, inst.type].sum() if dev else 0.0)
+                else:
+                    mem.append(load(d, inst.type, dev)[0])
+                    self.held.append({int(f) for f in d.families.of[idx] if f >= 0} if dev else set())
                 comp.append(d.comp[idx, inst.type].sum() if dev else 0.0)
         self.type = np.asarray(types, dtype=int)
         self.mem = np.asarray(mem, dtype=float)
         self.comp = np.asarray(comp, dtype=float)
+
+    def _shared(self, item: int) -> np.ndarray | float:
+        """What ``item``'s family adds to each device: its shared bytes where it is not held yet."""
+        fam = self.d.families
+        if fam is None or fam.of[item] < 0:
+            return 0.0
+        f = int(fam.of[item])
+        missing = np.array([f not in h for h in self.held], dtype=bool)
+        return np.where(missing, fam.shared[f][self.type], 0.0)
 
     def place(self, item: int) -> int | None:
         """Best-fit device for ``item`` (fullest after placement), reserved; None if none."""
         if self.type.size == 0:
             return None
         d = self.d
-        nm = self.mem + d.mem[item][self.type]
+        nm = self.mem + d.mem[item][self.type] + self._shared(item)
         nc = self.comp + d.comp[item][self.type]
         fit = d.ok[item][self.type] & (nm <= d.max_memory + TOL) & (nc <= d.max_compute + TOL)
         if not fit.any():
@@ -52,6 +71,8 @@ class Slack:
         score = np.where(fit, (d.max_memory - nm) / d.max_memory + (d.max_compute - nc) / d.max_compute, np.inf)
         b = int(np.argmin(score))
         self.mem[b], self.comp[b] = nm[b], nc[b]
+        if d.families is not None and d.families.of[item] >= 0:
+            self.held[b].add(int(d.families.of[item]))
         return b
 
 
@@ -60,8 +81,8 @@ def fill(d: Demands, inst: Instance) -> float:
     total = 0.0
     for dev in inst.devices:
         if dev:
-            idx = np.asarray(dev)
-            total += max(d.mem[idx, inst.type].sum() / d.max_memory, d.comp[idx, inst.type].sum() / d.max_compute)
+            m, c = load(d, inst.type, dev)
+            total += max(m / d.max_memory, c / d.max_compute)
     return total / len(inst.devices)
 
 
@@ -150,11 +171,11 @@ def balance(d: Demands, p: Packing) -> Packing:
         if inst.name is not None:  # a running instance from the previous plan: leave it be
             continue
         t = inst.type
-        items = [m for dev in inst.devices for m in dev]
-        if len(inst.devices) == 1 or not items:
+        units = [u for dev in inst.devices for u in unit_groups(d, dev)]  # a family's members stay together
+        if len(inst.devices) == 1 or not units:
             continue
-        idx = np.asarray(items)
-        m, c = d.mem[idx, t] / d.max_memory, d.comp[idx, t] / d.max_compute
+        sizes = np.array([load(d, t, u) for u in units])
+        m, c = sizes[:, 0] / d.max_memory, sizes[:, 1] / d.max_compute
         lm, lc = np.zeros(len(inst.devices)), np.zeros(len(inst.devices))
         devices: list[list[int]] = [[] for _ in inst.devices]
         for k in np.argsort(-np.maximum(m, c), kind="stable"):
@@ -164,7 +185,7 @@ def balance(d: Demands, p: Packing) -> Packing:
                 break
             b = int(np.argmin(np.where(fit, np.maximum(nm, nc), np.inf)))
             lm[b], lc[b] = nm[b], nc[b]
-            devices[b].append(int(idx[k]))
+            devices[b] += units[k]
         else:
             inst.devices = devices
     return out

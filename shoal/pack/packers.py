@@ -19,9 +19,11 @@ import math
 import numpy as np
 
 from shoal.pack.demand import Demands
+from shoal.pack.families import chunk, has_members
 from shoal.pack.packing import TOL
 
 EPS = 1e-12
+CHUNK_SCALES = (1.0, 0.5, 0.25, 0.125)  # family groups: whole devices, or pieces that mix with other models
 
 
 def normalized(d: Demands, items: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -165,10 +167,21 @@ def min_slack(d: Demands, items: list[int] | np.ndarray, t: int) -> list[list[in
 
 
 def pack_type(d: Demands, items: list[int] | np.ndarray, t: int) -> list[list[int]]:
-    """The packing with the fewest devices among the rules that suit these sizes."""
+    """The packing with the fewest devices among the rules that suit these sizes.
+
+    Family members are first cut into groups (``families.chunk``) that move as one item, so a
+    family lands on few devices: groups of a whole device, or of a half, quarter or eighth of one
+    that can fill the room other models leave; the cut giving the fewest devices wins.
+    """
     idx = np.asarray(items, dtype=int)
     if idx.size == 0:
         return []
+    if has_members(d, idx):
+        tries = []
+        for scale in CHUNK_SCALES:
+            groups = chunk(d, idx, t, scale)
+            tries.append(groups.expand(pack_type(groups.demands, np.arange(groups.demands.n), 0)))
+        return min(tries, key=len)
     tries = [best_fit_decreasing(d, idx, t)]
     m, c = normalized(d, idx, t)
     floor = max(1, math.ceil(max(m.sum(), c.sum()) - TOL))

@@ -7,8 +7,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shoal.pack.demand import Demands
+from shoal.pack.families import charge
 
 TOL = 1e-9
+# A plan is valid within this relative margin of each limit: the exact MILP (HiGHS) meets its rows
+# within its feasibility tolerance (~1e-7), so a device it fills can sum to 0.90000006 of a 0.9 limit.
+REL_TOL = 1e-6
 
 
 @dataclass
@@ -45,18 +49,22 @@ class Packing:
 
 
 def load(d: Demands, t: int, items: list[int]) -> tuple[float, float]:
-    """(memory, compute) of a device of type ``t`` holding ``items``, as device fractions."""
+    """(memory, compute) of a device of type ``t`` holding ``items``, as device fractions.
+
+    Each family with a member here adds its shared bytes once.
+    """
     if not items:
         return 0.0, 0.0
     idx = np.asarray(items)
-    return float(d.mem[idx, t].sum()), float(d.comp[idx, t].sum())
+    return float(d.mem[idx, t].sum()) + charge(d, t, items), float(d.comp[idx, t].sum())
 
 
 def fits(d: Demands, t: int, items: list[int]) -> bool:
     if not items:
         return True
     m, c = load(d, t, items)
-    return bool(d.ok[np.asarray(items), t].all()) and m <= d.max_memory + TOL and c <= d.max_compute + TOL
+    return (bool(d.ok[np.asarray(items), t].all()) and m <= d.max_memory * (1 + REL_TOL) + TOL
+            and c <= d.max_compute * (1 + REL_TOL) + TOL)
 
 
 def violations(d: Demands, p: Packing) -> list[str]:

@@ -16,6 +16,23 @@ class InstancePlan(BaseModel):
     price_per_hour: float
 
 
+class FamilyOnServer(BaseModel):
+    """A family with members on one server: its shared bytes are held there once."""
+
+    key: str = Field(description="family key (shoal/family/keys.py)")
+    members: int = Field(description="members of the family on this server")
+    shared_bytes: int = Field(description="bytes the members share, counted once in the server's memory_bytes")
+
+
+class FamilyPlan(BaseModel):
+    """A family across the plan: split over several servers, it pays its shared bytes on each."""
+
+    key: str
+    members: int
+    shared_bytes: int
+    servers: list[str]
+
+
 class ServerPlan(BaseModel):
     """One server process = one device slot on one instance."""
 
@@ -32,6 +49,8 @@ class ServerPlan(BaseModel):
     device_index: int = Field(0, description="device slot on its instance (port = base port + this)")
     device_memory_bytes: int = Field(0, description="memory of the device; the server's budget is a share of it")
     threads: int | None = Field(None, description="vCPUs of the slice for cpu servers")
+    families: list[FamilyOnServer] = Field(default_factory=list, description="families with members here; "
+                                           "memory_bytes counts each one's shared bytes once")
 
 
 class SolverReport(BaseModel):
@@ -59,6 +78,7 @@ class Plan(BaseModel):
     solver: SolverReport | None = None
     rps: dict[str, float] = Field(default_factory=dict, description="model id -> requests/s the plan was sized for")
     notes: list[str] = Field(default_factory=list, description="assumptions a reader should know (estimates)")
+    families: list[FamilyPlan] = Field(default_factory=list, description="families of two or more packed models")
 
     def server(self, name: str) -> ServerPlan:
         for s in self.servers:

@@ -15,7 +15,7 @@ import numpy as np
 from shoal.pack.demand import Demands
 from shoal.pack.heuristic import guided
 from shoal.pack.improve import Slack
-from shoal.pack.packing import TOL, Instance, Packing
+from shoal.pack.packing import TOL, Instance, Packing, fits
 from shoal.pack.plan import Plan
 
 
@@ -82,6 +82,14 @@ def _evict(d: Demands, t: int, dev: list[int]) -> list[int]:
     if not dev:
         return []
     idx = np.asarray(dev)
+    if d.families is not None:  # shared bytes are not additive: re-check the device after each removal
+        left, out = list(dev), []
+        for pos in np.argsort(-np.maximum(d.mem[idx, t] / d.max_memory, d.comp[idx, t] / d.max_compute)):
+            if fits(d, t, left):
+                break
+            out.append(int(idx[pos]))
+            left.remove(int(idx[pos]))
+        return out
     mem, comp = d.mem[idx, t].sum(), d.comp[idx, t].sum()
     out = []
     for pos in np.argsort(-np.maximum(d.mem[idx, t] / d.max_memory, d.comp[idx, t] / d.max_compute)):

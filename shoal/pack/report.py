@@ -40,10 +40,33 @@ def table(outcome: PackOutcome) -> Table:
     return t
 
 
+def _bytes(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
+
+
+def families_table(outcome: PackOutcome) -> Table | None:
+    """One row per family: shared bytes counted once per server that holds a member."""
+    fams = outcome.plan.families
+    if not fams:
+        return None
+    t = Table(title="families: shared bytes held once per server", title_justify="left")
+    for col, just in (("family", "left"), ("members", "right"), ("shared", "right"), ("servers", "right"),
+                      ("shared bytes planned", "right"), ("on", "left")):
+        t.add_column(col, justify=just, no_wrap=col != "on")  # type: ignore[arg-type]
+    for f in fams:
+        on = ", ".join(f.servers[:3]) + (f", ... ({len(f.servers) - 3} more)" if len(f.servers) > 3 else "")
+        t.add_row(f.key[:8], str(f.members), _bytes(f.shared_bytes), str(len(f.servers)),
+                  _bytes(f.shared_bytes * len(f.servers)), on)
+    return t
+
+
 def print_outcome(console: Console, outcome: PackOutcome, output: Path) -> None:
     plan = outcome.plan
     rep = plan.solver
     console.print(table(outcome))
+    fams = families_table(outcome)
+    if fams is not None:
+        console.print(fams)
     console.print(f"plan: {_n(len(plan.routing), 'model')} on {_n(len(plan.servers), 'server')} of "
                   f"{_n(len(plan.instances), 'instance')}, {_money(plan.cost_per_hour)}/h, "
                   f"{_money(plan.price_per_model_hour, 5)} per model-hour", highlight=False)

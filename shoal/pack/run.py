@@ -13,6 +13,7 @@ from pathlib import Path
 from shoal.errors import UsageError
 from shoal.pack.catalog import load_catalog, resolve_many
 from shoal.pack.demand import Demands, ModelLoad, build_demands, check_feasible, is_estimate, model_load
+from shoal.pack.families import assign_families
 from shoal.pack.heuristic import single_type
 from shoal.pack.improve import balance, improve
 from shoal.pack.packing import Instance, Packing
@@ -21,7 +22,7 @@ from shoal.pack.planner import to_plan
 from shoal.pack.replan import moved, sticky_start
 from shoal.pack.solver import Result, solve
 from shoal.pack.sources import DEFAULT_RPS, load_models
-from shoal.pack.synthetic import synthetic_models
+from shoal.pack.synthetic import synthetic_family, synthetic_models
 
 
 @dataclass
@@ -36,6 +37,8 @@ class PackRequest:
     batch_size: int | None = None
     servers: int | None = None
     synthetic: int | None = None
+    synthetic_family: int | None = None
+    families: bool = True
     seed: int = 0
     previous: Path | None = None
     time_limit: float = 5.0
@@ -78,8 +81,12 @@ def check_request(req: PackRequest) -> None:
         raise UsageError("--rps-per-model must not be negative")
     if req.synthetic is not None and req.synthetic < 1:
         raise UsageError("--synthetic must be at least 1")
+    if req.synthetic_family is not None and req.synthetic_family < 2:
+        raise UsageError("--synthetic-family must be at least 2")
     if req.synthetic is not None and req.models is not None:
         raise UsageError("give either --models or --synthetic, not both")
+    if req.synthetic_family is not None and (req.models is not None or req.synthetic is not None):
+        raise UsageError("give either --synthetic-family or --models / --synthetic, not both")
     if req.time_limit <= 0:
         raise UsageError("--time-limit must be positive")
     if not 1 <= req.base_port <= 65535:
@@ -87,16 +94,28 @@ def check_request(req: PackRequest) -> None:
 
 
 def gather(req: PackRequest) -> tuple[list[ModelLoad], str, str]:
-    """(loads, store URI for the plan, label for the table)."""
-    if req.synthetic is not None:
-        pairs = synthetic_models(req.synthetic, req.seed)
+    """(loads, store URI for the plan, label for the table).
+
+    Members of a family of two or more packed models are charged their own bytes only (their
+    family's shared bytes go once per server), unless ``families`` is off (``--no-families``).
+    """
+    if req.synthetic is not None or req.synthetic_family is not None:
+        if req.synthetic is not None:
+            pairs, label = synthetic_models(req.synthetic, req.seed), f"{req.synthetic} synthetic (seed {req.seed})"
+        else:
+            n = req.synthetic_family or 0
+            pairs, label = synthetic_family(n, req.seed), f"{n} synthetic MiniLM family members (seed {req.seed})"
+        manifests = [m for m, _ in pairs]
         loads = [model_load(m, req.rps_per_model if req.rps_per_model is not None else rps, req.batch_size)
                  for m, rps in pairs]
-        return loads, "synthetic", f"{req.synthetic} synthetic (seed {req.seed})"
-    manifests, uri = load_models(req.models, req.store)
-    rps = req.rps_per_model if req.rps_per_model is not None else DEFAULT_RPS
-    loads = [model_load(m, rps, req.batch_size) for m in manifests]
-    label = manifests[0].id if len(manifests) == 1 else f"{len(manifests)} models"
+        uri = "synthetic"
+    else:
+        manifests, uri = load_models(req.models, req.store)
+        rps = req.rps_per_model if req.rps_per_model is not None else DEFAULT_RPS
+        loads = [model_load(m, rps, req.batch_size) for m in manifests]
+        label = manifests[0].id if len(manifests) == 1 else f"{len(manifests)} models"
+    if req.families:
+        loads = assign_families(manifests, loads)
     return loads, uri, label
 
 
@@ -165,7 +184,7 @@ def run_pack(req: PackRequest) -> PackOutcome:
                           cost_per_hour=round(result.cost, 6), lower_bound=round(result.lower_bound, 6),
                           gap=round(result.gap, 6), optimal=result.optimal)
     plan = to_plan(d, packing, loads, report, store=store_uri, base_port=req.base_port)
-    plan.notes = notes_for(d, loads, plan, req.synthetic is not None)
+    plan.notes = notes_for(d, loads, plan, req.synthetic is not None or req.synthetic_family is not None)
     out = PackOutcome(plan, rows, label, result, 0.0, previous=previous)
     if previous is not None:
         report.moved_models = moved(previous, plan)

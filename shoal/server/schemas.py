@@ -100,12 +100,26 @@ class ModelInfo(BaseModel):
     loads: int = 0
     inflight: int = 0
     reason: str | None = None
+    family: str | None = Field(None, description="short family key (shoal/family/keys.py); null: no family")
+    own_bytes: int | None = Field(None, description="weight bytes the model brings itself (its head, vectors, "
+                                  "LoRA factors); all of them without a family")
+    shared_bytes: int | None = Field(None, description="weight bytes it shares with its family, held once")
+
+
+class FamilyInfo(BaseModel):
+    family: str = Field(description="short family key")
+    members: int = Field(description="models of this server in the family")
+    shared_bytes: int = Field(description="bytes the members share, counted once in total_bytes")
 
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
     resident_bytes: int
     budget_bytes: int
+    total_bytes: int = Field(0, description="weight bytes of every listed model, each family's shared bytes once")
+    own_bytes: int = Field(0, description="sum of the models' own bytes")
+    shared_bytes: int = Field(0, description="sum of the families' shared bytes, once per family")
+    families: list[FamilyInfo] = Field(default_factory=list)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -58,21 +58,35 @@ def list_models(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("-
     if as_json:
         typer.echo(json.dumps([m.model_dump() for m in manifests], indent=2))
         return
+    from shoal.family.listing import Totals, model_bytes, short_key
+
     table = Table(title=f"models in {s.uri}")
-    for col in ("id", "task", "precision", "weights", "resident", "gate vs fp32", "latency p50 ms by batch"):
+    for col in ("id", "task", "precision", "weights", "family", "own", "shared", "resident", "gate vs fp32",
+                "latency p50 ms by batch"):
         table.add_column(col, no_wrap=True)
+    sums = Totals()
     for m in manifests:
         p = m.profile
         lat = ", ".join(f"b{b}: {ms:.1f}" for b, ms in sorted(p.latency_ms_p50.items())) if p else "-"
         if p and p.unstable:
             lat += " (unstable: see `shoal models show`)"
         weights = m.weight_bytes or (p.param_bytes if p else 0)
+        b = model_bytes(m)
+        sums.add(b)
         table.add_row(m.id, m.task, m.precision, _fmt_bytes(weights) if weights else "-",
+                      short_key(b.family) or "-", _fmt_bytes(b.own_bytes) if b.own_bytes else "-",
+                      _fmt_bytes(b.shared_bytes) if b.family else "-",
                       _fmt_bytes(p.resident_bytes) if p else "-", _gate_summary(m), lat)
     console = Console()
     if not console.is_terminal:
-        console = Console(width=160)
+        console = Console(width=200)
     console.print(table)
+    if manifests:
+        fams = ", ".join(f"{short_key(f.key)} ({f.members} model{'s' if f.members > 1 else ''}, "
+                         f"{_fmt_bytes(f.shared_bytes)} shared)" for f in sums.families.values())
+        typer.echo(f"total: {len(manifests)} models, {_fmt_bytes(sums.total_bytes)} of weights with each family's "
+                   f"shared bytes once ({_fmt_bytes(sums.own_bytes)} own + {_fmt_bytes(sums.shared_bytes)} shared)"
+                   + (f"; families: {fams}" if fams else ""))
     if not manifests:
         typer.echo("no models yet: run ./build.sh or `shoal trace models/minilm-embed.yaml`")
 

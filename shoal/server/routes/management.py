@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shoal.family.listing import cached_model_bytes, short_key, totals
 from shoal.server.errors import Unavailable
 from shoal.server.registry import ModelEntry, State
 from shoal.server.routes.auth import require_token
@@ -23,17 +24,25 @@ The same as `POST /v2/repository/models/{model_id}/unload`."""
 
 def info(e: ModelEntry) -> dict:
     m = e.manifest
+    b = cached_model_bytes(m) if m else None
     return ModelInfo(id=e.id, state=e.state.value, kind=m.kind if m else None, task=m.task if m else None,
                      precision=m.precision if m else None, bytes=e.bytes, last_used=e.last_used_wall,
                      load_ms=round(e.load_ms, 2) if e.load_ms is not None else None, loads=e.loads,
-                     inflight=e.inflight, reason=e.reason).model_dump()
+                     inflight=e.inflight, reason=e.reason, family=short_key(b.family) if b else None,
+                     own_bytes=b.own_bytes if b else None, shared_bytes=b.shared_bytes if b else None).model_dump()
 
 
-@router.get("", summary="Every model of this server: state, bytes, last use, load time", response_model=ModelList)
+@router.get("", summary="Every model of this server: state, bytes (own and shared with its family), last use, "
+            "load time; totals with each family's shared bytes once", response_model=ModelList)
 async def list_models(request: Request) -> Response:
     reg = runtime_of(request).registry
-    return json_response({"models": [info(e) for e in reg.entries.values()], "resident_bytes": reg.resident_bytes,
-                          "budget_bytes": reg.budget})
+    entries = list(reg.entries.values())
+    sums = totals(cached_model_bytes(e.manifest) for e in entries if e.manifest is not None)
+    return json_response({"models": [info(e) for e in entries], "resident_bytes": reg.resident_bytes,
+                          "budget_bytes": reg.budget, "total_bytes": sums.total_bytes, "own_bytes": sums.own_bytes,
+                          "shared_bytes": sums.shared_bytes,
+                          "families": [{"family": short_key(f.key), "members": f.members,
+                                        "shared_bytes": f.shared_bytes} for f in sums.families.values()]})
 
 
 @router.get("/{model_id}", summary="One model's state", response_model=ModelInfo)
