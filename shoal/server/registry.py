@@ -377,6 +377,10 @@ class Registry:
     async def run_io(self, fn: Callable, *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.loader, fn, *args)
 
+    def fixed_catalog(self) -> list[str] | None:
+        """The catalog's ids, or None when it is open (whatever the store holds): what job queues filter on."""
+        return None if self.open_catalog else list(self.entries)
+
     @property
     def resident_count(self) -> int:
         return sum(1 for e in self.entries.values() if e.state is State.READY)
