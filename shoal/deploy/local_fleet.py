@@ -21,7 +21,7 @@ from shoal.pack.plan import Plan
 FLEET_VERSION = 1
 # What `shoal serve` imports before it serves: the zygote imports these once for every server.
 SERVE_PRELOAD = ["torch", "numpy", "tokenizers", "fastapi", "uvicorn", "uvloop", "httptools",
-                 "prometheus_client", "shoal.cli", "shoal.server.serve", "shoal.server.app", "shoal.server.runtime",
+                 "prometheus_client", "shoal.cli", "shoal.server.serve", "shoal.server.app", "shoal.server.runtime", "shoal.jobs.service",
                  "shoal.server.handlers.text"]
 
 
