@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal import __version__
-from shoal.deploy.kubernetes_fleet import NEURON_CORES_PER_CHIP, ServerSizing, size_fleet
+from shoal.deploy.fleet_sizing import NEURON_CORES_PER_CHIP, ServerSizing, size_fleet
 from shoal.errors import ShoalError, UsageError
 from shoal.pack.plan import Plan
 
