@@ -19,14 +19,15 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shoal.deploy.fleet_sizing import ServerSizing, size_fleet
 from shoal.deploy.kubernetes import addons
 from shoal.deploy.kubernetes.asynchronous import AsyncOptions, apply_async
 from shoal.deploy.kubernetes.autoscale import adapter_values, autoscaler, service_monitor
-from shoal.deploy.fleet_sizing import ServerSizing, size_fleet
 from shoal.deploy.kubernetes.options import APP, KubeOptions, labels, metadata
 from shoal.deploy.kubernetes.output import dump, dump_all
 from shoal.deploy.kubernetes.routing import ingress, routing_configmap
 from shoal.deploy.kubernetes.workload import deployment, disruption_budget, plan_configmap, service
+from shoal.devices import NEURON_PROCESSORS
 from shoal.pack.plan import Plan
 
 
@@ -119,7 +120,7 @@ def render(plan: Plan, opts: KubeOptions, catalog_path: Path | None = None,
         out.manifests["addons/nodelocaldns.yaml"] = addons.node_local_dns(opts)
     if "gpu" in by_processor:
         out.manifests["addons/nvidia-device-plugin.yaml"] = addons.nvidia_device_plugin(by_processor["gpu"], opts)
-    neuron = by_processor.get("inf1", []) + by_processor.get("inf2", [])
+    neuron = [s for p in NEURON_PROCESSORS for s in by_processor.get(p, [])]
     if neuron:
         out.manifests["addons/neuron-device-plugin.yaml"] = addons.neuron_device_plugin(neuron)
     out.extra["helm/prometheus-adapter-values.yaml"] = adapter_values(opts)
