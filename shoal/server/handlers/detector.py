@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from shoal.server.artifacts import load_torchscript
+from shoal.artifacts import load_torchscript
 from shoal.server.errors import ApiError, PayloadTooLarge, Unprocessable
 from shoal.server.handlers.base import Handler, LoadContext, Parsed
 from shoal.server.media import MediaBody

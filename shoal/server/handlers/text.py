@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from shoal.family.keys import family_key
 from shoal.family.members import FamilyMember
 from shoal.graphs import BoundGraph
-from shoal.server.artifacts import load_torchscript
+from shoal.artifacts import load_torchscript
 from shoal.server.swapin import bind_weights
 from shoal.server.errors import Unprocessable
 from shoal.server.handlers.base import Handler, LoadContext, Parsed, StageTimes
