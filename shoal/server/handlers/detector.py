@@ -139,11 +139,6 @@ class DetectorHandler(Handler):
     def v2_metadata(self) -> dict[str, Any]:
         return v2_metadata(self.manifest)
 
-    def warmup(self) -> None:
-        """Two forwards: TorchScript's profiling executor specialises the graph on the second call."""
-        for _ in range(2):
-            self.run(self.sample_inputs(), 1)
-
     def sample_inputs(self) -> list[Any]:
         buf = io.BytesIO()
         Image.new("RGB", (96, 64), (90, 120, 150)).save(buf, format="PNG")
