@@ -24,7 +24,7 @@ from shoal.family.keys import family_key
 from shoal.server.batcher import BatchGroups, ModelBatcher
 from shoal.server.errors import BadRequest, Conflict, NotFound, Unavailable
 from shoal.server.handlers import Handler, LoadContext, create_handler
-from shoal.server.loads import LoadQueue, LoadTicket
+from shoal.server.load_queue import LoadQueue, LoadTicket
 from shoal.server.metrics import Metrics
 from shoal.server.residency import TensorLedger, model_cost
 from shoal.store.base import ModelStore
