@@ -125,7 +125,7 @@ def measure(store: ModelStore, model_id: str, device: Device, executors: int, th
 
     from shoal.server.handlers import create_handler
     from shoal.server.handlers.base import LoadContext
-    from shoal.server.handlers.detector import ImageInput
+    from shoal.server.codecs.detector import ImageInput
 
     manifest: Manifest = store.read_manifest(model_id)
     if manifest.kind != "detector":

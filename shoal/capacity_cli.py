@@ -74,13 +74,14 @@ def capacity(
 
 def _here(m, dev, slo_ms: float, fps: float | None):  # type: ignore[no-untyped-def]
     from shoal.capacity import limits
+    from shoal.devices import usable_cores
 
     s = m.stages
     if dev.kind == "cuda":
         device_ms, host_ms = s["inference"].p50_ms, s["preprocess"].p50_ms + s["postprocess"].p50_ms
     else:
         device_ms, host_ms = s["total"].p50_ms, 0.0
-    return limits(f"this machine ({dev}, {os.cpu_count()} cores)", m, device_ms=device_ms, host_ms=host_ms,
+    return limits(f"this machine ({dev}, {usable_cores()} cores)", m, device_ms=device_ms, host_ms=host_ms,
                   executors=m.executors, model_bytes=m.model_bytes, base_bytes=m.base_bytes,
                   device_memory_bytes=m.device_memory_bytes, slo_ms=slo_ms, fps=fps)
 

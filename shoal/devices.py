@@ -1,8 +1,11 @@
-"""Device slots: what `--device` means and how a process is pinned to it.
+"""The one vocabulary of hardware: processor names, device slots, usable cores, pinning.
 
-One server process per device slot. The slot decides the environment the process
-starts with (CUDA_VISIBLE_DEVICES, NEURON_RT_VISIBLE_CORES, thread counts) and, on
-CPU, which cores it may run on.
+Processors (``cpu``, ``gpu``, ``inf1``, ``inf2``) are what models are traced for and what
+instances carry; a device slot (``--device``) is what one server process runs on. One
+server process per device slot: the slot decides the environment the process starts
+with (CUDA_VISIBLE_DEVICES, NEURON_RT_VISIBLE_CORES, thread counts) and, on CPU, which
+cores it may run on. Every count of "cores this process may use" goes through
+``usable_cores`` so the server, the local fleet and the CLI agree.
 """
 
 from __future__ import annotations
@@ -10,8 +13,15 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from shoal.errors import UsageError
+
+Processor = Literal["cpu", "gpu", "inf1", "inf2"]
+PROCESSORS: tuple[str, ...] = get_args(Processor)
+NEURON_PROCESSORS: tuple[str, ...] = ("inf1", "inf2")
+DEVICE_KIND = {"cpu": "cpu", "gpu": "cuda", "inf1": "neuron", "inf2": "neuron"}  # processor -> --device kind
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
 _CUDA = re.compile(r"^cuda:(\d+)$")
 _NEURON = re.compile(r"^neuron:(\d+)(?:-(\d+))?$")
@@ -66,9 +76,31 @@ def parse_device(text: str) -> Device:
     raise UsageError(f"unknown device {text!r}: use cpu, cpu:A-B, cuda:N or neuron:A-B")
 
 
+def cgroup_cpu_quota(path: str = CGROUP_CPU_MAX) -> int | None:
+    """Whole CPUs a cgroup v2 quota allows (rounded up), or None without a quota."""
+    try:
+        limit, period = open(path).read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if limit == "max":
+        return None
+    return max(1, int(-(-int(limit) // int(period))))
+
+
+def usable_cores(cgroup_path: str = CGROUP_CPU_MAX) -> int:
+    """Cores this process may use: its affinity mask, capped by a cgroup CPU quota.
+
+    ``os.cpu_count`` counts the machine: under ``taskset`` or a Kubernetes CPU limit (which
+    leaves every node core in the affinity mask) it overcounts and threads oversubscribe.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_path)
+    return max(1, min(cores, quota)) if quota else cores
+
+
 def cpu_slices(workers: int, cores: int | None = None) -> list[Device]:
     """Split this machine's cores into ``workers`` contiguous slices (one server process each)."""
-    total = cores or os.cpu_count() or 1
+    total = cores or usable_cores()
     if workers < 1 or workers > total:
         raise UsageError(f"--workers {workers}: must be between 1 and the {total} cores of this machine")
     if workers == 1:
@@ -93,7 +125,7 @@ def process_env(device: Device, threads: int | None = None) -> dict[str, str]:
         env["CUDA_VISIBLE_DEVICES"] = ""
     else:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    n = threads or (len(device.cores) if device.cores else os.cpu_count() or 1)
+    n = threads or (len(device.cores) if device.cores else usable_cores())
     env["OMP_NUM_THREADS"] = str(n)
     env["MKL_NUM_THREADS"] = str(n)
     env["SHOAL_DEVICE"] = str(device)

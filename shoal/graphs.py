@@ -16,6 +16,7 @@ tensors under those names.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 WEIGHT_NAMES_FILE = "weight_names.json"
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class _WeightsAsInputs(nn.Module):
@@ -71,7 +73,7 @@ def save_weights(wrapper: nn.Module, path: Path) -> None:
 
 def load_graph(path: Path, map_location: str) -> tuple[Any, list[str]]:
     """The graph in ``path`` (checked to be TorchScript first) and the order of the weights it takes."""
-    from shoal.server.artifacts import ArtifactRefused, load_torchscript
+    from shoal.artifacts import ArtifactRefused, load_torchscript
 
     extra = {WEIGHT_NAMES_FILE: ""}
     graph = load_torchscript(path, map_location, extra_files=extra)
@@ -155,9 +157,30 @@ def load_text_model(folder: Path, manifest: Any, device: str = "cpu") -> Any:
     For tools and tests that run a model outside the server (the in-process limit, reference
     outputs): the shared graph bound to the model's weights, or the frozen module.
     """
-    from shoal.server.artifacts import load_torchscript
+    from shoal.artifacts import load_torchscript
 
     if manifest.weights:
         graph, names = load_graph(folder / manifest.artifact, device)
         return BoundGraph(graph, load_weights(folder / manifest.weights, names, device))
     return load_torchscript(folder / manifest.artifact, device)
+
+
+def read_ahead(path: Path) -> None:
+    """Ask the kernel to read the whole file now (one sequential read if it is not in the page cache)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+
+
+@torch.no_grad()
+def fault_in(weights: list[torch.Tensor]) -> None:
+    """Touch one byte per page of every mapped tensor, so the forward never takes a page fault."""
+    for t in weights:
+        if t.numel() == 0:
+            continue
+        raw = t.reshape(-1).view(torch.uint8)
+        raw[::PAGE].sum()

@@ -11,10 +11,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shoal.deploy.kubernetes import render
-from shoal.deploy.kubernetes_async import AsyncOptions
-from shoal.deploy.kubernetes_options import KubeOptions
-from shoal.deploy.kubernetes_sample import sample_plan
+from shoal.deploy.kubernetes.manifests import render
+from shoal.deploy.kubernetes.asynchronous import AsyncOptions
+from shoal.deploy.kubernetes.options import KubeOptions
+from shoal.deploy.kubernetes.sample import sample_plan
 from shoal.errors import UsageError
 
 K8S = "1.33.0"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shoal.deploy.docker import DockerOptions, build_images, engine_problem, run_commands
-from shoal.deploy.kubernetes_sample import sample_plan
+from shoal.deploy.kubernetes.sample import sample_plan
 from shoal.errors import UsageError
 from shoal.pack.plan import Plan, ServerPlan
 

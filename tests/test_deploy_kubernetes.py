@@ -9,11 +9,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shoal.deploy.kubernetes import render
-from shoal.deploy.kubernetes_autoscale import METRIC, adapter_values
-from shoal.deploy.kubernetes_options import KubeOptions
-from shoal.deploy.kubernetes_output import dump, dump_all
-from shoal.deploy.kubernetes_sample import sample_plan
+from shoal.deploy.kubernetes.manifests import render
+from shoal.deploy.kubernetes.autoscale import METRIC, adapter_values
+from shoal.deploy.kubernetes.options import KubeOptions
+from shoal.deploy.kubernetes.output import dump, dump_all
+from shoal.deploy.kubernetes.sample import sample_plan
 from shoal.pack.plan import Plan, ServerPlan
 
 K8S = "1.33.0"

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shoal.deploy.kubernetes import render
-from shoal.deploy.kubernetes_options import KubeOptions
-from shoal.deploy.kubernetes_output import MARKER, write_tree
-from shoal.deploy.kubernetes_sample import sample_plan
+from shoal.deploy.kubernetes.manifests import render
+from shoal.deploy.kubernetes.options import KubeOptions
+from shoal.deploy.kubernetes.output import MARKER, write_tree
+from shoal.deploy.kubernetes.sample import sample_plan
 from shoal.errors import UsageError
 from shoal.pack.plan import Plan, ServerPlan
 

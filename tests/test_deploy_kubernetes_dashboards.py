@@ -17,9 +17,9 @@ import kubernetes_validate
 import promql_parser
 import yaml
 
-from shoal.deploy.kubernetes import render
-from shoal.deploy.kubernetes_options import KubeOptions
-from shoal.deploy.kubernetes_sample import sample_plan
+from shoal.deploy.kubernetes.manifests import render
+from shoal.deploy.kubernetes.options import KubeOptions
+from shoal.deploy.kubernetes.sample import sample_plan
 from shoal.deploy.monitoring.export import DASHBOARD_FILE
 from tests.test_deploy_kubernetes_cli import shoal, write_plan
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from shoal.deploy.kubernetes import render
-from shoal.deploy.kubernetes_options import KubeOptions
-from shoal.deploy.kubernetes_output import write_tree
-from shoal.deploy.kubernetes_routing import CONFIGMAP_LIMIT
-from shoal.deploy.kubernetes_sample import sample_plan
+from shoal.deploy.kubernetes.manifests import render
+from shoal.deploy.kubernetes.options import KubeOptions
+from shoal.deploy.kubernetes.output import write_tree
+from shoal.deploy.kubernetes.routing import CONFIGMAP_LIMIT
+from shoal.deploy.kubernetes.sample import sample_plan
 
 MODELS = 3000
 

@@ -18,10 +18,10 @@ from typing import Iterator
 import httpx
 import pytest
 
-from shoal.deploy.local import launch, port_in_use, probe_ready, status, stop, wait_ready
-from shoal.deploy.local_fleet import FleetSpec, ServerSpec
+from shoal.deploy.local.control import launch, port_in_use, probe_ready, status, stop, wait_ready
+from shoal.deploy.local.fleet import FleetSpec, ServerSpec
 from shoal.config import Settings
-from shoal.deploy.local_state import FleetPaths, pid_alive, read_json, read_pid, supervisor_running
+from shoal.deploy.local.state import FleetPaths, pid_alive, read_json, read_pid, supervisor_running
 from shoal.errors import ShoalError, UsageError
 
 # A server stand-in: answers 200 to every GET (so /v2/health/ready), after an optional delay.

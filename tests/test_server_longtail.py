@@ -10,7 +10,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from shoal.server.loads import LoadQueue, LoadTicket
+from shoal.server.load_queue import LoadQueue, LoadTicket
 from shoal.server.registry import model_cost
 from shoal.store import open_store
 from shoal.store.base import ModelStore

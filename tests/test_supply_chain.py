@@ -19,7 +19,7 @@ import pytest
 from pydantic import ValidationError
 
 from shoal.errors import IntegrityError, StoreError
-from shoal.server.artifacts import ArtifactRefused, load_torchscript
+from shoal.artifacts import ArtifactRefused, load_torchscript
 from shoal.store.local import LocalStore
 from shoal.store.manifest import MANIFEST_NAME, Manifest
 from tests.reliability_support import (EVIL, ReliabilityStore, plain_pickle, poisoned_torchscript, serve,
@@ -89,7 +89,7 @@ def test_crafted_models_in_the_store_fail_alone_and_nothing_runs(server: ServerP
 
 def test_no_pickle_loading_anywhere_in_the_code() -> None:
     """torch.load only with weights_only=True; no pickle/dill/joblib loads; TorchScript only via the checked loader."""
-    jit_allowed = {"shoal/server/artifacts.py",  # the server's only loader (checks the file first)
+    jit_allowed = {"shoal/artifacts.py",  # the server's only loader (checks the file first)
                    # build-side: they load artifacts the same process just traced, never the store's
                    "shoal/trace/measure.py", "shoal/trace/detector_measure.py", "shoal/trace/detector.py",
                    "shoal/trace/synth.py", "shoal/loadtest/inprocess.py"}
@@ -109,7 +109,7 @@ def test_no_pickle_loading_anywhere_in_the_code() -> None:
             if name.endswith("torch.load") and keywords.get("weights_only") != "True":
                 problems.append(f"{rel}:{node.lineno} torch.load without weights_only=True")
             if name.endswith("jit.load") and rel not in jit_allowed:
-                problems.append(f"{rel}:{node.lineno} torch.jit.load outside shoal/server/artifacts.py")
+                problems.append(f"{rel}:{node.lineno} torch.jit.load outside shoal/artifacts.py")
             if name.endswith(("np.load", "numpy.load")) and keywords.get("allow_pickle") == "True":
                 problems.append(f"{rel}:{node.lineno} np.load(allow_pickle=True)")
     assert not problems, problems

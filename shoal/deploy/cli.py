@@ -76,10 +76,10 @@ def kubernetes(
         False,
 ) -> None:
     """Render Namespace, per-server Deployment/Service/HPA/PDB, routing, add-ons; optionally apply."""
-    from shoal.deploy.kubernetes import render
-    from shoal.deploy.kubernetes_options import KubeOptions
-    from shoal.deploy.kubernetes_output import MARKER, write_tree
-    from shoal.deploy.kubernetes_output import apply as kubectl_apply
+    from shoal.deploy.kubernetes.manifests import render
+    from shoal.deploy.kubernetes.options import KubeOptions
+    from shoal.deploy.kubernetes.output import MARKER, write_tree
+    from shoal.deploy.kubernetes.output import apply as kubectl_apply
     from shoal.pack.plan import load_plan
 
     start = time.perf_counter()
@@ -95,7 +95,7 @@ def kubernetes(
         request_timeout_s=max(1, int(settings.request_timeout_s)))
     async_opts = None
     if async_queue or async_store or async_servers:
-        from shoal.deploy.kubernetes_async import AsyncOptions
+        from shoal.deploy.kubernetes.asynchronous import AsyncOptions
 
         if not async_queue:
             raise UsageError("--async-store and --async-servers need --async-queue redis://HOST:PORT/DB")
@@ -175,7 +175,7 @@ def sample_plan_cmd(
     store: Annotated[str, typer.Option(help="store URI written into the plan")] = "s3://shoal-models/store",
 ) -> None:
     """Write a synthetic plan (no models needed) to try or time the renderers."""
-    from shoal.deploy.kubernetes_sample import sample_plan
+    from shoal.deploy.kubernetes.sample import sample_plan
 
     if out.exists() and out.is_dir():
         raise UsageError(f"{out} is a folder: pass a file name with -o")
@@ -185,9 +185,9 @@ def sample_plan_cmd(
 
 
 try:
-    from shoal.deploy import local_cli
+    from shoal.deploy.local import cli as local_cli
 except ModuleNotFoundError as exc:
-    if exc.name != "shoal.deploy.local_cli":
+    if exc.name != "shoal.deploy.local.cli":
         raise
 else:
     local_cli.register(deploy_app)

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal import __version__
-from shoal.deploy.kubernetes_fleet import NEURON_CORES_PER_CHIP, ServerSizing, size_fleet
+from shoal.deploy.fleet_sizing import NEURON_CORES_PER_CHIP, ServerSizing, size_fleet
+from shoal.devices import PROCESSORS
 from shoal.errors import ShoalError, UsageError
 from shoal.pack.plan import Plan
 
-PROCESSORS = ("cpu", "gpu", "inf1", "inf2")
 CONTAINER_PORT = 8080
 LABEL = "shoal.deploy=docker"
 AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION")

@@ -326,7 +326,7 @@ def save(graph: torch.jit.ScriptModule, layout: Layout, path: Path) -> None:
 
 def load(path: Path, map_location: str) -> tuple[Any, Layout]:
     """The family graph in ``path`` (checked to be TorchScript first) and its layout."""
-    from shoal.server.artifacts import ArtifactRefused, load_torchscript
+    from shoal.artifacts import ArtifactRefused, load_torchscript
 
     extra = {LAYOUT_FILE: ""}
     graph = load_torchscript(path, map_location, extra_files=extra)

@@ -138,7 +138,7 @@ class FamilyPool:
                 del self._groups[group.key]
 
     def _load_group(self, key: str, manifest: Manifest, folder: Path, device: str) -> FamilyGroup:
-        from shoal.server.swapin import fault_in, read_ahead
+        from shoal.graphs import fault_in, read_ahead
 
         assert manifest.family_graph is not None
         graph, layout = family_graph.load(folder / manifest.family_graph, device)

@@ -1,8 +1,9 @@
 """Asynchronous inference inside one server process: the queue, the job store, workers, metrics.
 
-The app factory makes one ``AsyncService`` per runtime, starts it in the lifespan and
-stops it (draining workers) on shutdown; ``shoal worker`` does the same without the
-HTTP routes. Routes call ``submit``, ``get`` and ``cancel``.
+``shoal serve`` hands ``AsyncService`` to the process host as an extension: one per
+runtime, its routes installed on the app (``install``), started after the runtime and
+stopped (draining workers) before it; ``shoal worker`` does the same without the
+routes. Routes (``shoal/jobs/routes.py``) call ``submit``, ``get`` and ``cancel``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
+
+from fastapi import FastAPI
 
 from shoal.errors import ShoalError
 from shoal.jobs.metrics import JobMetrics
@@ -54,7 +57,14 @@ class AsyncService:
     async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn, *args)
 
-    # -- lifecycle --
+    # -- lifecycle (a process-host extension: shoal.server.process) --
+    def install(self, app: FastAPI) -> None:
+        """Mount the /async routes on ``app``; they find this service in ``app.state.jobs``."""
+        from shoal.jobs.routes import router
+
+        app.state.jobs = self
+        app.include_router(router)
+
     async def start(self) -> None:
         if self.worker is not None:
             self.worker.start()
@@ -70,7 +80,7 @@ class AsyncService:
         self.io_pool.shutdown(wait=False)
 
     async def _stats_loop(self) -> None:
-        models = None if self.rt.registry.open_catalog else list(self.rt.registry.entries)
+        models = self.rt.registry.fixed_catalog()
         group = model_group(models)
         snap = self.metrics.snapshot
         while True:

@@ -27,7 +27,7 @@ from shoal.jobs.execute import is_binary
 from shoal.server.body import NotJson, decode_json
 from shoal.server.errors import ApiError, BadRequest, PayloadTooLarge, Unprocessable
 from shoal.server.handlers.base import Handler
-from shoal.server.handlers.detector import Options as DetectorOptions
+from shoal.server.codecs.detector import Options as DetectorOptions
 from shoal.server.media import MediaBody
 
 MAX_TIMEOUT_S = 3600.0
@@ -163,7 +163,7 @@ class Intake:
         if not raw:
             raise BadRequest(f"body is empty (0 bytes) for Content-Type {kind}")
         if handler is not None:
-            handler.parse(MediaBody(raw, kind, params))  # a text model refuses images here, with its 422
+            handler.codec.parse(MediaBody(raw, kind, params))  # a text model refuses images here, with its 422
         location: str = await self.io(self.locations.root.put, key, raw)
         return location
 
@@ -179,7 +179,7 @@ class Intake:
         if "input_location" in body:
             return await self._reference(body)
         if handler is not None:
-            handler.parse(body)  # 422 naming the field, exactly as the synchronous route would
+            handler.codec.parse(body)  # 422 naming the field, exactly as the synchronous route would
         location = await self.io(self.locations.root.put, key, raw)
         return location, True, len(raw)
 

@@ -85,8 +85,7 @@ class Worker:
         self._writer: Grouped[tuple[str, bytes, str | None]] = Grouped(parts.io, self._write, batch, trips)
 
     def models(self) -> list[str] | None:
-        reg = self.p.runtime.registry
-        return None if reg.open_catalog else list(reg.entries)
+        return self.p.runtime.registry.fixed_catalog()
 
     @property
     def group(self) -> str:

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from shoal.loadtest.sweep import knee  # noqa: E402
+from shoal.loadtest.knee import knee  # noqa: E402
 
 _STYLES = {"fp32": "-", "bf16": "--", "fp16": ":", "int8": "-."}
 

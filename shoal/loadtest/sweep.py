@@ -19,12 +19,12 @@ from typing import Callable
 from shoal.errors import ShoalError, UsageError
 from shoal.loadtest import cost as costmod
 from shoal.loadtest.engine import LoadSpec
+from shoal.loadtest.knee import KNEE_FRACTION, knee  # noqa: F401 (re-exported)
 from shoal.loadtest.runner import run_load
 from shoal.loadtest.served import ServerProcess
 from shoal.loadtest.targets import Routes, parse_base_url
 from shoal.store.base import ModelStore
 
-KNEE_FRACTION = 0.9
 CSV_FIELDS = ["precision", "model_id", "path", "batch_size", "clients", "throughput", "p50_ms", "p95_ms",
               "p99_ms", "requests", "errors", "usd_per_million"]
 
@@ -124,14 +124,6 @@ def _served_points(o: SweepOptions, url: str, precision: str, model_id: str, bat
                      "clients": c, "throughput": round(rec.throughput, 2), "p50_ms": lat["p50"], "p95_ms": lat["p95"],
                      "p99_ms": lat["p99"], "requests": rec.total, "errors": rec.error_count})
     return rows
-
-
-def knee(points: list[tuple[int, float]], fraction: float = KNEE_FRACTION) -> int | None:
-    """Smallest batch size whose throughput reaches ``fraction`` of the best: past it, batching buys little."""
-    if not points:
-        return None
-    best = max(t for _, t in points)
-    return min(b for b, t in points if t >= fraction * best)
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -19,7 +19,8 @@ import math
 import numpy as np
 
 from shoal.pack.demand import Demands
-from shoal.pack.families import chunk, has_members
+from shoal.pack.families import has_members
+from shoal.pack.family_groups import chunk
 from shoal.pack.packing import TOL
 
 EPS = 1e-12
@@ -169,7 +170,7 @@ def min_slack(d: Demands, items: list[int] | np.ndarray, t: int) -> list[list[in
 def pack_type(d: Demands, items: list[int] | np.ndarray, t: int) -> list[list[int]]:
     """The packing with the fewest devices among the rules that suit these sizes.
 
-    Family members are first cut into groups (``families.chunk``) that move as one item, so a
+    Family members are first cut into groups (``family_groups.chunk``) that move as one item, so a
     family lands on few devices: groups of a whole device, or of a half, quarter or eighth of one
     that can fill the room other models leave; the cut giving the fewest devices wins.
     """

@@ -78,9 +78,12 @@ def serve(
                              max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, batch_fairness=batch_fairness,
                              prefetch_batches=prefetch_batches, request_timeout_s=request_timeout, token=token)
     _check(settings)
+    from shoal.jobs.service import AsyncService
     from shoal.server.serve import run
 
-    run(settings, parse_device(settings.device), catalog, log_level)
+    # The command is the composition root: asynchronous jobs plug into the server here, so the
+    # server package never imports the jobs package (which builds on the server's runtime).
+    run(settings, parse_device(settings.device), catalog, log_level, extensions=[AsyncService])
 
 
 def _check(settings: "object") -> None:

@@ -15,7 +15,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from shoal.devices import Device
+from shoal.devices import Device, usable_cores
 from shoal.errors import MissingDependencyError
 from shoal.server.handlers.base import LoadContext
 
@@ -35,23 +35,8 @@ def check_device(device: Device) -> None:
 
 
 def device_cores(device: Device) -> int:
-    """Cores this process may use: its slice, else its affinity, capped by a cgroup CPU quota
-    (a Kubernetes CPU limit leaves every node core in the affinity mask)."""
-    if device.cores:
-        return len(device.cores)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quota = _cgroup_cpus()
-    return max(1, min(cores, quota)) if quota else cores
-
-
-def _cgroup_cpus(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
-    try:
-        limit, period = open(path).read().split()[:2]
-    except (OSError, ValueError):
-        return None
-    if limit == "max":
-        return None
-    return max(1, int(-(-int(limit) // int(period))))
+    """Cores this process may use: its slice, else ``usable_cores`` (affinity capped by a cgroup quota)."""
+    return len(device.cores) if device.cores else usable_cores()
 
 
 def executor_layout(device: Device, executors: int | None, threads: int | None) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from shoal.family.keys import family_key
 from shoal.server.batcher import BatchGroups, ModelBatcher
 from shoal.server.errors import BadRequest, Conflict, NotFound, Unavailable
 from shoal.server.handlers import Handler, LoadContext, create_handler
-from shoal.server.loads import LoadQueue, LoadTicket
+from shoal.server.load_queue import LoadQueue, LoadTicket
 from shoal.server.metrics import Metrics
 from shoal.server.residency import TensorLedger, model_cost
 from shoal.store.base import ModelStore
@@ -376,6 +376,10 @@ class Registry:
 
     async def run_io(self, fn: Callable, *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.loader, fn, *args)
+
+    def fixed_catalog(self) -> list[str] | None:
+        """The catalog's ids, or None when it is open (whatever the store holds): what job queues filter on."""
+        return None if self.open_catalog else list(self.entries)
 
     @property
     def resident_count(self) -> int:

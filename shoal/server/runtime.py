@@ -198,12 +198,13 @@ def _list_or_later(store: ModelStore) -> list[str]:
 
 
 def _parse(handler: Handler, body: Any, how: str) -> Parsed:
+    codec = handler.codec
     if how == "query":
-        return handler.parse(handler.from_query(body))
+        return codec.parse(codec.from_query(body))
     if how == "v2":
-        check_outputs(body, handler.v2_output_names)
-        return Parsed(handler.parse_v2(body), single=False)
-    return handler.parse(body)
+        check_outputs(body, codec.v2_output_names)
+        return Parsed(codec.parse_v2(body), single=False)
+    return codec.parse(body)
 
 
 def _timings(p: Pending, total_s: float) -> dict[str, float]:

@@ -7,16 +7,11 @@ on an executor runs at steady speed: the weights file's pages are faulted in her
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import torch
-
-from shoal.graphs import BoundGraph, load_weights
+from shoal.graphs import BoundGraph, fault_in, load_weights, read_ahead
 from shoal.server.handlers.base import LoadContext
 from shoal.store.manifest import Manifest
-
-PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def bind_weights(manifest: Manifest, folder: Path, ctx: LoadContext) -> BoundGraph:
@@ -30,24 +25,3 @@ def bind_weights(manifest: Manifest, folder: Path, ctx: LoadContext) -> BoundGra
     if ctx.torch_device == "cpu":
         fault_in(weights)
     return BoundGraph(graph, weights)
-
-
-def read_ahead(path: Path) -> None:
-    """Ask the kernel to read the whole file now (one sequential read if it is not in the page cache)."""
-    if not hasattr(os, "posix_fadvise"):
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-    finally:
-        os.close(fd)
-
-
-@torch.no_grad()
-def fault_in(weights: list[torch.Tensor]) -> None:
-    """Touch one byte per page of every mapped tensor, so the forward never takes a page fault."""
-    for t in weights:
-        if t.numel() == 0:
-            continue
-        raw = t.reshape(-1).view(torch.uint8)
-        raw[::PAGE].sum()

@@ -45,9 +45,3 @@ def file_sha256(path: Path) -> str:
                 _known.clear()
             _known[key] = (stamp, digest)
     return digest
-
-
-def forget_all() -> None:
-    """Drop every remembered digest (tests, and `shoal` commands that want a full re-check)."""
-    with _lock:
-        _known.clear()

@@ -72,11 +72,6 @@ class Profile(BaseModel):
     serving_batch_sizes: list[int] = Field(default_factory=list, description="batch sizes the precision was "
                                            "chosen at (the ones the server runs; shoal/trace/selection.py)")
 
-    def throughput_at(self, batch_size: int) -> float:
-        """Sequences per second at one batch size (one executor)."""
-        return batch_size * 1000.0 / self.latency_ms_p50[batch_size]
-
-
 class TensorEntry(BaseModel):
     """One weight tensor, addressed by its content: identical tensors share one digest, so a family of
     fine-tunes stores, fetches and holds each tensor it shares with its base once (docs/ARCHITECTURE.md

@@ -37,7 +37,7 @@ from shoal.trace.peft_adapter import (CONFIG_FILE, WEIGHTS_FILE, MappedAdapter, 
                                      read_adapter)
 
 if TYPE_CHECKING:
-    from shoal.trace.stage import Log, TraceOptions
+    from shoal.trace.options import Log, TraceOptions
 
 ADAPTER_FORM = 1  # a change re-traces every adapter on the next build
 MEMBER_WEIGHTS = "weights.safetensors"

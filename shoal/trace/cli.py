@@ -27,14 +27,15 @@ def trace(
     force: Annotated[bool, typer.Option(help="trace even if the store holds an up-to-date artifact")] = False,
 ) -> None:
     """Compile models (torch.jit, torch-neuron, torch-neuronx), check them against eager, profile them, store them."""
+    from shoal.devices import PROCESSORS
     from shoal.errors import UsageError
     from shoal.spec import load_spec, trace_order
     from shoal.store import store_from_settings
     from shoal.trace.lora_example import ensure_examples
     from shoal.trace.stage import TraceOptions, trace_spec
 
-    if processor not in ("cpu", "gpu", "inf1", "inf2"):
-        raise UsageError(f"unknown processor {processor!r}: use cpu, gpu, inf1 or inf2")
+    if processor not in PROCESSORS:
+        raise UsageError(f"unknown processor {processor!r}: use {', '.join(PROCESSORS)}")
     if precision not in (None, "auto", *get_args(Precision)):
         raise UsageError(f"unknown precision {precision!r}: use auto, {', '.join(get_args(Precision))}")
     specs = trace_order([load_spec(p) for p in model_files])  # validate every file before tracing any

@@ -27,7 +27,7 @@ from shoal.errors import MissingDependencyError, ShoalError, UsageError
 from shoal.spec import ModelSpec
 from shoal.store.base import ModelStore
 from shoal.store.manifest import Manifest, Profile, describe_files
-from shoal.trace.stage import TraceOptions, trace_key
+from shoal.trace.options import TraceOptions, trace_key
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = REPO / "build" / "setup-video-env.sh"

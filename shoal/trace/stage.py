@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -10,9 +9,9 @@ import shutil
 import subprocess
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -22,31 +21,16 @@ from shoal.spec import ModelSpec
 from shoal.store.base import ModelStore
 from shoal.store.manifest import GateFigures, Manifest, Profile, describe_files
 from shoal.store.tensors import describe_tensors
-from shoal import cache_dirs, graphs
+from shoal import graphs
 from shoal.trace import compilers, precision as prec, quantize, selection
 from shoal.trace.sources import load_eager_model, load_tokenizer, save_tokenizer_json
+from shoal.trace.options import ARTIFACT_FORM, Log, TraceOptions, trace_key  # noqa: F401 (re-exported)
 from shoal.trace.wrappers import wrap
 
-Log = Callable[[str], None]
 PROBES = 64
-ARTIFACT_FORM = 3  # 3: + family graph; 2: shared graph + weights file; 1: frozen model.pt (a change re-traces)
 GRAPH_FILE = "graph.pt"
 WEIGHTS_FILE = "weights.safetensors"
 FAMILY_FILE = "family.pt"
-
-
-@dataclass
-class TraceOptions:
-    processor: str = "cpu"
-    precision: str | None = None  # None: the spec's (default auto)
-    batch_sizes: list[int] | None = None
-    seq_len: int | None = None
-    pipeline_cores: int = 1
-    threads: int | None = None
-    isolated_profile: bool = True  # measure in a fresh process (accurate memory); False for quick tests
-    force: bool = False
-    build_dir: Path = field(default_factory=cache_dirs.build_dir)  # SHOAL_CACHE_DIR/trace_build
-    log: Log = field(default=lambda msg: None)
 
 
 @dataclass
@@ -68,14 +52,6 @@ class Candidate:
             figures.argmax_agreement = self.check.argmax_agreement
             figures.min_cosine = self.check.min_cosine
         return figures
-
-
-def trace_key(spec: ModelSpec, opts: TraceOptions) -> str:
-    """Changes whenever the catalog entry or an option that shapes the artifact changes."""
-    key = {"spec": spec.model_dump(mode="json"), "processor": opts.processor, "precision": opts.precision,
-           "batch_sizes": opts.batch_sizes, "seq_len": opts.seq_len, "pipeline_cores": opts.pipeline_cores,
-           "torch": torch.__version__, "artifact_form": ARTIFACT_FORM}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def trace_spec(spec: ModelSpec, store: ModelStore, opts: TraceOptions) -> tuple[Manifest, bool]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shoal.deploy.kubernetes_output import dump
+from shoal.deploy.kubernetes.output import dump
 from shoal.deploy.monitoring.alerts import prometheus_rule
 from shoal.deploy.monitoring.dashboard import dashboard_json
 

@@ -106,7 +106,7 @@ class InferenceServicer(pbg.GRPCInferenceServiceServicer):
                 resp.parameters[key].int64_param = int(value)
             else:
                 resp.parameters[key].double_param = float(value)
-        response_to_proto(resp, body, out.handler.to_v2(out.results), raw=bool(request.raw_input_contents))
+        response_to_proto(resp, body, out.handler.codec.to_v2(out.results), raw=bool(request.raw_input_contents))
         return resp
 
     # -- model repository (guarded like /models) --

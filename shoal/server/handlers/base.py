@@ -1,24 +1,23 @@
-"""The contract between the runtime and a model kind.
+"""The contract between the runtime and a model kind: model execution.
 
-The runtime owns queues, batching and threads; a handler only turns request bodies
-into inputs (on the event loop: validation only, no heavy work) and runs
-preprocess -> infer -> postprocess for a batch (on an executor thread).
+The runtime owns queues, batching and threads; a handler loads its artifact and runs
+preprocess -> infer -> postprocess for a batch (on an executor thread). Reading requests
+and writing protocol outputs is its codec's job (``handlers.codec``, a
+``shoal.server.codecs.base.Codec`` named by ``codec_class``), on the event loop.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shoal.family.members import FamilyPool
 from shoal.graphs import GraphCache
-from shoal.server.errors import BadRequest
-from shoal.server.v2_codec import InferRequest
-from shoal.server.v2_tensors import Tensor
+from shoal.server.codecs.base import Codec, Parsed  # noqa: F401 (Parsed re-exported: the runtime's type)
 from shoal.store.manifest import Manifest
 
 
@@ -35,14 +34,6 @@ class LoadContext:
 
 
 @dataclass
-class Parsed:
-    """A request's inputs (one batch item each) and whether the client sent a single input."""
-
-    inputs: list[Any]
-    single: bool
-
-
-@dataclass
 class StageTimes:
     preprocess_s: float = 0.0
     inference_s: float = 0.0
@@ -50,37 +41,22 @@ class StageTimes:
 
 
 class Handler(ABC):
-    """One loaded model. Subclasses implement parsing, the three stages and the KServe v2 mapping."""
+    """One loaded model. Subclasses implement the three stages; ``codec_class`` reads and writes the wire."""
+
+    codec_class: type[Codec] | None = None
 
     def __init__(self, manifest: Manifest, folder: Path, ctx: LoadContext) -> None:
         self.manifest = manifest
         self.folder = folder
         self.ctx = ctx
-
-    # -- request side (event loop: cheap checks only) --
-    @abstractmethod
-    def parse(self, body: Any) -> Parsed:
-        """Validated inputs from a JSON body; Unprocessable naming the field otherwise."""
-
-    def from_query(self, params: Mapping[str, str]) -> Any:
-        """A JSON body built from query parameters (``GET /predictions/{id}?seq_0=...``)."""
-        raise BadRequest(f"model {self.manifest.id} takes no query-string requests: POST a JSON body")
-
-    @abstractmethod
-    def parse_v2(self, request: InferRequest) -> list[Any]:
-        """Inputs from a KServe v2 infer request (typed tensors, whichever wire they came over)."""
-
-    @abstractmethod
-    def to_v2(self, results: list[Any]) -> list[Tensor]:
-        """KServe v2 output tensors for ``results``."""
+        self._codec = self.codec_class(manifest) if self.codec_class is not None else None
 
     @property
-    def v2_output_names(self) -> list[str]:
-        return [o["name"] for o in self.v2_metadata().get("outputs", [])]
-
-    @abstractmethod
-    def v2_metadata(self) -> dict[str, Any]:
-        """``inputs`` and ``outputs`` tensor descriptions for ``GET /v2/models/{id}``."""
+    def codec(self) -> Codec:
+        """The protocol side of this model (routes and the gRPC servicer talk to it, never to the graph)."""
+        if self._codec is None:
+            raise RuntimeError(f"model kind {self.manifest.kind!r} has no codec (set codec_class)")
+        return self._codec
 
     # -- batch side (executor thread) --
     @property

@@ -80,7 +80,7 @@ async def infer(model_id: str, request: Request) -> Response:
                          timeout_s=timeout_of(rt, request))
     head = {"model_name": model_id, "model_version": "1", **({"id": req.id} if req.id is not None else {}),
             "parameters": {"timings": out.timings}}
-    encoded = encode_response(head, req, out.handler.to_v2(out.results))
+    encoded = encode_response(head, req, out.handler.codec.to_v2(out.results))
     extra = None if encoded.json_length is None else {JSON_LENGTH_HEADER: str(encoded.json_length)}
     return Response(encoded.body, media_type=encoded.content_type, headers=extra)
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.server.handlers.detector import ImageBatchRequest, ImageRequest
+from shoal.server.codecs.detector import ImageBatchRequest, ImageRequest
 from shoal.server.media import MEDIA_CONTENT, read_body
 from shoal.server.routes.common import hot_path, prediction_response, runtime_of, timeout_of
 from shoal.server.schemas import (PredictionResponse, QABatchRequest, QARequest, TextBatchRequest, TextRequest,

@@ -19,14 +19,15 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoal.deploy import kubernetes_addons as addons
-from shoal.deploy.kubernetes_async import AsyncOptions, apply_async
-from shoal.deploy.kubernetes_autoscale import adapter_values, autoscaler, service_monitor
-from shoal.deploy.kubernetes_fleet import ServerSizing, size_fleet
-from shoal.deploy.kubernetes_options import APP, KubeOptions, labels, metadata
-from shoal.deploy.kubernetes_output import dump, dump_all
-from shoal.deploy.kubernetes_routing import ingress, routing_configmap
-from shoal.deploy.kubernetes_workload import deployment, disruption_budget, plan_configmap, service
+from shoal.deploy.fleet_sizing import ServerSizing, size_fleet
+from shoal.deploy.kubernetes import addons
+from shoal.deploy.kubernetes.asynchronous import AsyncOptions, apply_async
+from shoal.deploy.kubernetes.autoscale import adapter_values, autoscaler, service_monitor
+from shoal.deploy.kubernetes.options import APP, KubeOptions, labels, metadata
+from shoal.deploy.kubernetes.output import dump, dump_all
+from shoal.deploy.kubernetes.routing import ingress, routing_configmap
+from shoal.deploy.kubernetes.workload import deployment, disruption_budget, plan_configmap, service
+from shoal.devices import NEURON_PROCESSORS
 from shoal.pack.plan import Plan
 
 
@@ -105,7 +106,7 @@ def render(plan: Plan, opts: KubeOptions, catalog_path: Path | None = None,
     if opts.service_monitor:
         out.manifests["02-monitoring.yaml"] = [service_monitor(opts, pid)]
     if opts.dashboards:
-        from shoal.deploy.kubernetes_dashboards import dashboard_docs  # imports Grafana's SDK: only when asked
+        from shoal.deploy.kubernetes.dashboards import dashboard_docs  # imports Grafana's SDK: only when asked
 
         out.manifests["03-dashboards.yaml"] = dashboard_docs(opts, pid)
     for sizing in sizings:
@@ -119,7 +120,7 @@ def render(plan: Plan, opts: KubeOptions, catalog_path: Path | None = None,
         out.manifests["addons/nodelocaldns.yaml"] = addons.node_local_dns(opts)
     if "gpu" in by_processor:
         out.manifests["addons/nvidia-device-plugin.yaml"] = addons.nvidia_device_plugin(by_processor["gpu"], opts)
-    neuron = by_processor.get("inf1", []) + by_processor.get("inf2", [])
+    neuron = [s for p in NEURON_PROCESSORS for s in by_processor.get(p, [])]
     if neuron:
         out.manifests["addons/neuron-device-plugin.yaml"] = addons.neuron_device_plugin(neuron)
     out.extra["helm/prometheus-adapter-values.yaml"] = adapter_values(opts)

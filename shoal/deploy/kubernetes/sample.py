@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shoal.devices import NEURON_PROCESSORS
 from shoal.errors import UsageError
 from shoal.pack.catalog import load_catalog, resolve
 from shoal.pack.plan import InstancePlan, Plan, ServerPlan
@@ -26,7 +27,7 @@ class _Fleet:
     def device(self, slot: int) -> str:
         if self.processor == "gpu":
             return "cuda:0"  # time-sliced: every server of the instance shares GPU 0
-        if self.processor in ("inf1", "inf2"):
+        if self.processor in NEURON_PROCESSORS:
             return f"neuron:{slot}-{slot}"
         return "cpu"
 

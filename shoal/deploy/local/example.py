@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from shoal.deploy.local_fleet import FleetSpec, ServerSpec
+from shoal.deploy.local.fleet import FleetSpec, ServerSpec
 from shoal.errors import ShoalError
 from shoal.store import ModelStore
 

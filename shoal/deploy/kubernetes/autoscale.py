@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from shoal.deploy.kubernetes_fleet import ServerSizing
-from shoal.deploy.kubernetes_options import APP, KubeOptions, labels, metadata
+from shoal.deploy.fleet_sizing import ServerSizing
+from shoal.deploy.kubernetes.options import APP, KubeOptions, labels, metadata
 
 METRIC = "shoal_utilization"
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from shoal import __version__
-from shoal.deploy.kubernetes_fleet import check_dns_label
+from shoal.deploy.fleet_sizing import check_dns_label
 from shoal.errors import UsageError
 
 APP = "shoal"

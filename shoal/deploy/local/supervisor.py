@@ -1,6 +1,6 @@
 """The local supervisor: a detached process that keeps every server of a fleet running.
 
-Run as ``python -m shoal.deploy.supervisor STATE_DEPLOY_DIR``: it daemonises (so it
+Run as ``python -m shoal.deploy.local.supervisor STATE_DEPLOY_DIR``: it daemonises (so it
 outlives the shell that ran deploy.sh), takes the fleet lock, starts each server in
 its own process group with its pinning environment, restarts a dead one at once
 (with exponential backoff while it keeps dying), and on SIGTERM stops them all:
@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from shoal.deploy.local_fleet import FleetSpec, ServerSpec
-from shoal.deploy.local_state import FleetPaths, start_time, terminate_groups, try_lock, write_json
-from shoal.deploy.spawn import Reaper, Zygote, become_subreaper, exec_spawn
+from shoal.deploy.local.fleet import FleetSpec, ServerSpec
+from shoal.deploy.local.state import FleetPaths, start_time, terminate_groups, try_lock, write_json
+from shoal.deploy.local.spawn import Reaper, Zygote, become_subreaper, exec_spawn
 
 POLL_S = 0.2
 STABLE_S = 60.0  # a server that ran this long before dying is restarted at once, even if never ready
@@ -281,7 +281,7 @@ def daemonize(paths: FleetPaths) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.exit("usage: python -m shoal.deploy.supervisor STATE_DIR/deploy")
+        sys.exit("usage: python -m shoal.deploy.local.supervisor STATE_DIR/deploy")
     paths = FleetPaths(Path(args[0]).absolute())
     fleet = FleetSpec.load(paths.fleet)
     daemonize(paths)

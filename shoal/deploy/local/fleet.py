@@ -8,20 +8,19 @@ only sees commands, environments and cores; it knows nothing about `shoal serve`
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from shoal.devices import Device, cpu_slices, parse_device, process_env
+from shoal.devices import Device, cpu_slices, parse_device, process_env, usable_cores
 from shoal.errors import UsageError
 from shoal.pack.plan import Plan
 
 FLEET_VERSION = 1
 # What `shoal serve` imports before it serves: the zygote imports these once for every server.
 SERVE_PRELOAD = ["torch", "numpy", "tokenizers", "fastapi", "uvicorn", "uvloop", "httptools",
-                 "prometheus_client", "shoal.cli", "shoal.server.serve", "shoal.server.app", "shoal.server.runtime",
+                 "prometheus_client", "shoal.cli", "shoal.server.serve", "shoal.server.app", "shoal.server.runtime", "shoal.jobs.service",
                  "shoal.server.handlers.text"]
 
 
@@ -148,7 +147,7 @@ def plan_fleet(plan: Plan, plan_copy: Path, store: str, host: str, port: int | N
     if not plan.servers:
         raise UsageError("the plan has no servers: run `shoal pack` with some models first")
     n = len(plan.servers)
-    total = cores or os.cpu_count() or 1
+    total = cores or usable_cores()
     plan_ports = [s.port for s in plan.servers]
     if port is None and len(set(plan_ports)) == n:
         ports = plan_ports

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
-from shoal.deploy.local_fleet import FleetSpec
-from shoal.deploy.local_state import FleetPaths, supervisor_running
+from shoal.deploy.local.fleet import FleetSpec
+from shoal.deploy.local.state import FleetPaths, supervisor_running
 from shoal.errors import UsageError
 
 

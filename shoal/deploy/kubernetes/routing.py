@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from shoal.deploy.kubernetes_fleet import ServerSizing
-from shoal.deploy.kubernetes_options import APP, KubeOptions, labels, metadata
+from shoal.deploy.fleet_sizing import ServerSizing
+from shoal.deploy.kubernetes.options import APP, KubeOptions, labels, metadata
 from shoal.errors import UsageError
 from shoal.pack.plan import Plan
 

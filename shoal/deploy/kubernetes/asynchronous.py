@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlparse
 
-from shoal.deploy.kubernetes_autoscale import METRIC, autoscaler
-from shoal.deploy.kubernetes_fleet import ServerSizing
-from shoal.deploy.kubernetes_options import APP, KubeOptions, labels, metadata
+from shoal.deploy.kubernetes.autoscale import METRIC, autoscaler
+from shoal.deploy.fleet_sizing import ServerSizing
+from shoal.deploy.kubernetes.options import APP, KubeOptions, labels, metadata
 from shoal.errors import UsageError
 
 KEDA_API = "keda.sh/v1alpha1"

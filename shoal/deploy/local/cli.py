@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shoal.config import load_settings
-from shoal.deploy.local_state import FleetPaths
+from shoal.deploy.local.state import FleetPaths
 
 # Piped output (scripts, tests) gets wide lines rather than a table squeezed into 80 columns.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -36,8 +36,8 @@ def _print_endpoints(fleet: Any) -> None:
 
 
 def _print_example(settings: Any, fleet: Any) -> None:
-    from shoal.deploy.local import open_fleet_store
-    from shoal.deploy.local_example import pick_example
+    from shoal.deploy.local.control import open_fleet_store
+    from shoal.deploy.local.example import pick_example
 
     example = pick_example(fleet, open_fleet_store(settings)[0])
     if example is None:
@@ -69,7 +69,7 @@ def local(
                                                  "(fast restarts); --no-warm-fork starts each one cold")] = True,
 ) -> None:
     """Run the servers on this machine under a supervisor that restarts any that dies."""
-    from shoal.deploy.local import StartOptions, start, wait_ready
+    from shoal.deploy.local.control import StartOptions, start, wait_ready
 
     settings = load_settings(store=store)
     ids = [m.strip() for m in models.split(",") if m.strip()] if models else None
@@ -101,7 +101,7 @@ def local(
 
 def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False) -> None:
     """Each server's pid, port, device, models, readiness and restarts."""
-    from shoal.deploy.local import status as fleet_status
+    from shoal.deploy.local.control import status as fleet_status
 
     info = fleet_status(load_settings())
     if as_json:
@@ -128,7 +128,7 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="lines of each log to show first")] = 40,
 ) -> None:
     """The supervisor's log and each server's log."""
-    from shoal.deploy import local_logs
+    from shoal.deploy.local import logs as local_logs
 
     paths = FleetPaths.under(load_settings().state_dir)
     files = local_logs.log_files(paths, server)
@@ -142,7 +142,7 @@ def logs(
 
 def stop() -> None:
     """Stop the supervisor and every server (SIGTERM, then SIGKILL after the grace period)."""
-    from shoal.deploy.local import stop as stop_fleet
+    from shoal.deploy.local.control import stop as stop_fleet
     from shoal.errors import ShoalError
 
     paths = FleetPaths.under(load_settings().state_dir)

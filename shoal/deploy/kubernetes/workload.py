@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 
-from shoal.deploy.kubernetes_fleet import GIB, MIB, ServerSizing
-from shoal.deploy.kubernetes_options import APP, PLAN_DIR, PORT, KubeOptions, labels, metadata, selector
+from shoal.deploy.fleet_sizing import GIB, MIB, ServerSizing
+from shoal.deploy.kubernetes.options import APP, PLAN_DIR, PORT, KubeOptions, labels, metadata, selector
 from shoal.pack.plan import Plan
 
 CACHE_DIR = "/var/cache/shoal"

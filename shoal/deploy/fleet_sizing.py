@@ -13,14 +13,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoal.devices import Device, parse_device
+from shoal.devices import DEVICE_KIND, PROCESSORS, Device, parse_device
 from shoal.errors import UsageError
 from shoal.ids import is_valid_model_id
 from shoal.pack.catalog import InstanceType, load_catalog, resolve
 from shoal.pack.plan import Plan, ServerPlan
 
-PROCESSORS = ("cpu", "gpu", "inf1", "inf2")
-DEVICE_KIND = {"cpu": "cpu", "gpu": "cuda", "inf1": "neuron", "inf2": "neuron"}
 NEURON_CORES_PER_CHIP = {"inf1": 4, "inf2": 2}
 MIB = 1 << 20
 GIB = 1 << 30

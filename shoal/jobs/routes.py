@@ -7,15 +7,19 @@ nothing accepted lives only in memory. Options go in the query string: ``ttl_s``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal.jobs.records import is_job_id
-from shoal.jobs.service import AsyncService
 from shoal.jobs.submit import MODEL_KEYS, parse_options
 from shoal.server.errors import NotFound, Unavailable
 from shoal.server.routes.common import json_response
+
+if TYPE_CHECKING:
+    from shoal.jobs.service import AsyncService
 
 router = APIRouter(prefix="/async", tags=["async"])
 
@@ -43,7 +47,7 @@ _SUBMIT_DOC = {
 }
 
 
-def service_of(request: Request) -> AsyncService:
+def service_of(request: Request) -> "AsyncService":
     svc = getattr(request.app.state, "jobs", None)
     if svc is None:
         raise Unavailable("asynchronous inference is not enabled on this server")

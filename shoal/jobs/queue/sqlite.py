@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shoal.errors import UsageError
-from shoal.jobs.queue import Backlog, Delivery, JobQueue
+from shoal.jobs.queue.base import Backlog, Delivery, JobQueue
 from shoal.jobs.records import JobRecord, JobState
 
 SCHEMA = """

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from shoal.deploy.local_state import pid_alive
-from shoal.deploy.zygote import set_pdeathsig
+from shoal.deploy.local.state import pid_alive
+from shoal.deploy.local.zygote import set_pdeathsig
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -105,7 +105,7 @@ class Zygote:
     def start(self, timeout_s: float = 120.0) -> None:
         """Start it and wait until its imports are done; raise RuntimeError if it does not get there."""
         with open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "shoal.deploy.zygote", *self.preload],
+            self.proc = subprocess.Popen([sys.executable, "-m", "shoal.deploy.local.zygote", *self.preload],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, bufsize=0,
                                          preexec_fn=set_pdeathsig)
         self.proc.returncode = 0  # reaped by the Reaper, never by Popen

@@ -17,8 +17,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from shoal.errors import UsageError
-from shoal.jobs import redis_scripts as lua
-from shoal.jobs.queue import Backlog, Delivery, JobQueue
+from shoal.jobs.queue import redis_scripts as lua
+from shoal.jobs.queue.base import Backlog, Delivery, JobQueue
 from shoal.jobs.records import JobRecord, JobState
 
 GROUP = "workers"

@@ -1,4 +1,4 @@
-"""The durable queue behind one interface: SQLite (one host, the default) or Redis Streams.
+"""The queue interface every backend implements (``sqlite.py``, ``redis.py``), and what it hands out.
 
 Delivery is at-least-once: a claimed job carries a lease that its worker renews; a job
 whose lease lapses (the worker died) is delivered again. Every transition out of
@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
-from shoal.errors import UsageError
 from shoal.jobs.records import JobRecord, JobState
 
 
@@ -111,23 +109,3 @@ class JobQueue(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
-
-
-def open_queue(uri: str) -> JobQueue:
-    """``sqlite:///PATH`` (or a bare path ending in .sqlite/.db) or ``redis://HOST:PORT/DB``."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "sqlite" or (not parsed.scheme and uri.endswith((".sqlite", ".db"))):
-        from pathlib import Path
-
-        from shoal.jobs.sqlite_queue import SqliteQueue
-
-        # As in SQLAlchemy: sqlite:///rel/path and sqlite:////abs/path
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri.removeprefix("sqlite://")
-        if not path:
-            raise UsageError(f"queue {uri!r} names no file: use sqlite:///PATH")
-        return SqliteQueue(Path(path))
-    if parsed.scheme in ("redis", "rediss", "unix"):
-        from shoal.jobs.redis_queue import RedisQueue
-
-        return RedisQueue(uri)
-    raise UsageError(f"queue {uri!r}: use sqlite:///PATH or redis://HOST:PORT/DB")

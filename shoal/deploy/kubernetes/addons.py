@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import yaml
 
-from shoal.deploy.kubernetes_options import KubeOptions
+from shoal.deploy.kubernetes.options import KubeOptions
 
 NS = "kube-system"
 NODE_CACHE_IMAGE = "registry.k8s.io/dns/k8s-dns-node-cache:1.26.4"

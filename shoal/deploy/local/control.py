@@ -1,6 +1,6 @@
 """The local runtime: start a supervised fleet, wait until it is ready, report on it, stop it.
 
-The CLI (local_cli.py) only parses flags and prints; tests call these functions too.
+The CLI (cli.py) only parses flags and prints; tests call these functions too.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any, Callable
 import httpx
 
 from shoal.config import Settings
-from shoal.deploy.local_fleet import FleetSpec, ServerSpec, plan_fleet, workers_fleet
-from shoal.deploy.local_state import (FleetPaths, pid_alive, read_json, read_pid, same_process,
+from shoal.deploy.local.fleet import FleetSpec, ServerSpec, plan_fleet, workers_fleet
+from shoal.deploy.local.state import (FleetPaths, pid_alive, read_json, read_pid, same_process,
                                       supervisor_running, terminate_groups)
 from shoal.errors import ShoalError, UsageError
 from shoal.pack.plan import Plan, load_plan
@@ -159,7 +159,7 @@ def _rotate_logs(paths: FleetPaths, fleet: FleetSpec) -> None:
 
 
 def _launch_supervisor(paths: FleetPaths) -> int:
-    cmd = [sys.executable, "-m", "shoal.deploy.supervisor", str(paths.root)]
+    cmd = [sys.executable, "-m", "shoal.deploy.local.supervisor", str(paths.root)]
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     answer = (proc.stdout.strip().splitlines() or [""])[-1]
     if proc.returncode != 0 or not answer.isdigit():

@@ -8,7 +8,7 @@ operator finds them with the rest of the rendered plan.
 
 from __future__ import annotations
 
-from shoal.deploy.kubernetes_options import APP, KubeOptions, labels, metadata
+from shoal.deploy.kubernetes.options import APP, KubeOptions, labels, metadata
 from shoal.deploy.monitoring.alerts import prometheus_rule
 from shoal.deploy.monitoring.export import dashboard_text
 
