@@ -9,14 +9,14 @@ each copy stays within a hair of the base's behaviour and shares the base's larg
 (what a partial fine-tune looks like). ``distinct=True`` perturbs every tensor, so no
 sharing of any kind can make a long-tail test easy.
 
-A base traced as a shared graph (``weights`` in its manifest) is copied by writing a new
-weights file beside the base's graph: no TorchScript work per copy. A base with a frozen
+A base traced as a shared graph (``weights`` in its manifest) is copied by writing a file of the
+member's own tensors beside references to the base's graph and weights (shoal/family/shared_base.py):
+no TorchScript work and no copy of the base per member. A base with a frozen
 artifact (detectors) is re-frozen per copy from the unfrozen trace kept in the build cache.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -29,7 +29,6 @@ from shoal.errors import UsageError
 from shoal.ids import check_model_id
 from shoal.store.base import ModelStore
 from shoal.store.manifest import Manifest, describe_files
-from shoal.store.tensors import describe_tensors
 
 HEAD_MARKERS = ("classifier", "qa_outputs", "pooler")
 PERTURBATION = 1e-3  # relative to each tensor's standard deviation: outputs differ, behaviour stays the base's
@@ -87,31 +86,21 @@ def synth_models(store: ModelStore, base_id: str, count: int, *, seed: int = 0, 
 
 def _synth_weights(store: ModelStore, base: Manifest, ids: list[str], seed: int, distinct: bool,
                    progress: Callable[[int], None]) -> list[str]:
-    """Copies of a shared-graph model: a new weights file each; graph and tokenizer are the base's bytes."""
-    from safetensors.torch import load_file, save_file
+    """Members of a shared-graph base: each writes only the tensors it changed; the base's graph, tokenizer
+    and weights (as a shared shard) are referenced, not copied (shoal/family/shared_base.py)."""
+    from safetensors.torch import load_file
+
+    from shoal.family.shared_base import SharedBase
 
     assert base.weights is not None
-    base_folder = store.fetch(base.id)
-    originals = load_file(str(base_folder / base.weights))
-    staging = Path(tempfile.mkdtemp(prefix=".shoal-synth-", dir=_scratch_near(store)))
-    try:
-        for name in base.files:
-            if name != base.weights:
-                _link_or_copy(base_folder / name, staging / name)
+    with SharedBase(store, base) as shared:
+        originals = load_file(str(shared.staging / shared.shard))
+        if base.tensors:  # the base's tensors by their graph names, wherever its manifest keeps them
+            originals = {n: originals[t.key or n] for n, t in base.tensors.items() if t.file == base.weights}
         for i, model_id in enumerate(ids):
-            tensors = _perturbed(originals, seed + i, distinct)
-            save_file(tensors, str(staging / base.weights))
-            manifest = base.model_copy(update={
-                "id": model_id, "base": base.id, "files": describe_files(staging, list(base.files)),
-                "tensors": describe_tensors(staging / base.weights, base.weights) if base.tensors else {},
-                "spec_sha256": f"synth:{base.spec_sha256}:{seed + i}:{'distinct' if distinct else 'partial'}",
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-            })
-            store.push(staging, manifest)
-            (staging / base.weights).unlink()
+            shared.push(model_id, _perturbed(originals, seed + i, distinct), {
+                "spec_sha256": f"synth:{base.spec_sha256}:{seed + i}:{'distinct' if distinct else 'partial'}"})
             progress(i + 1)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return ids
 
 
@@ -163,25 +152,8 @@ def _perturbed(originals: dict[str, torch.Tensor], seed: int, distinct: bool) ->
             out[name] = (torch.randn(base.shape, generator=generator) * 0.02).to(base.dtype)  # a fresh head
         elif base.dim() == 1 or distinct:
             out[name] = noise.perturb(name, base, generator, DISTINCT_PERTURBATION if distinct else PERTURBATION)
-        else:
-            out[name] = base  # shared with the base: a partial fine-tune
+        # else: the base's own tensor, shared through its shard (a partial fine-tune)
     return out
-
-
-def _scratch_near(store: ModelStore) -> Path | None:
-    """A folder on the store's own filesystem when it is local, so pushing links files instead of copying."""
-    root = getattr(store, "root", None)
-    if isinstance(root, Path):
-        root.mkdir(parents=True, exist_ok=True)
-        return root
-    return None
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 @torch.no_grad()
