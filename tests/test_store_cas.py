@@ -107,29 +107,38 @@ def test_removing_members_keeps_shared_blobs_until_the_last_user(tmp_path: Path)
     assert [p.name for p in store.root.iterdir() if not p.name.startswith(".")] == []
 
 
+CHURN = """
+import sys
+from pathlib import Path
+from shoal.store.local import LocalStore
+from shoal.store.manifest import Manifest
+root, src, rounds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+manifest = Manifest.model_validate_json((src / "shoal.json").read_text())
+for _ in range(rounds):
+    LocalStore(root).push(src, manifest)
+    LocalStore(root).remove(manifest.id)
+LocalStore(root).push(src, manifest)
+"""
+
+
 def test_concurrent_push_and_rm_leave_the_store_consistent(tmp_path: Path) -> None:
-    """Threads push and remove members sharing one blob (each with its own lock description, as processes
-    would); one member stays throughout. No push may end up linking a blob a removal deleted."""
+    """Processes push and remove members sharing one blob, so its link count keeps falling to 1 while
+    another process links it; a model with other contents stays throughout. No push may link a blob a
+    removal deletes, and no removal may leave a blob nobody uses."""
+    import subprocess
+    import sys
+
     store = LocalStore(tmp_path / "store")
-    store.push(*_member(tmp_path, "keeper", own=b"keeper"))
-    sources = {f"w{i}": _member(tmp_path, f"w{i}", own=f"own {i}".encode()) for i in range(4)}
-    errors: list[BaseException] = []
-
-    def churn(model_id: str) -> None:
-        try:
-            for _ in range(15):
-                LocalStore(store.root).push(*sources[model_id])
-                LocalStore(store.root).remove(model_id)
-            LocalStore(store.root).push(*sources[model_id])
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=churn, args=(m,)) for m in sources]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    store.push(*_member(tmp_path, "keeper", own=b"keeper", shared=os.urandom(1000)))
+    shared = os.urandom(64 << 10)
+    sources = {f"w{i}": _member(tmp_path, f"w{i}", own=f"own {i}".encode(), shared=shared) for i in range(4)}
+    for src, manifest in sources.values():
+        (src / "shoal.json").write_text(manifest.model_dump_json())
+    procs = [subprocess.Popen([sys.executable, "-c", CHURN, str(store.root), str(src), "150"], stderr=subprocess.PIPE,
+                              text=True) for src, _ in sources.values()]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
     assert store.list_ids() == sorted(["keeper", *sources])
     _consistent(store)
     for model_id in ["keeper", *sources]:
@@ -219,7 +228,7 @@ def test_s3_concurrent_push_and_rm_leave_the_store_consistent(s3_endpoint: str, 
     def open_(i: int):  # noqa: ANN202 - one client per thread, as separate processes would have
         return open_store(uri, cache_dir=tmp_path / f"cache-{i}", endpoint_url=s3_endpoint)
 
-    open_(9).push(*_member(tmp_path, "keeper", own=b"keeper"))
+    open_(9).push(*_member(tmp_path, "keeper", own=b"keeper", shared=os.urandom(1000)))
     sources = {f"w{i}": _member(tmp_path, f"w{i}", own=f"own {i}".encode()) for i in range(3)}
     errors: list[BaseException] = []
 
