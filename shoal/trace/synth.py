@@ -97,8 +97,10 @@ def _synth_weights(store: ModelStore, base: Manifest, ids: list[str], seed: int,
         originals = load_file(str(shared.staging / shared.shard))
         if base.tensors:  # the base's tensors by their graph names, wherever its manifest keeps them
             originals = {n: originals[t.key or n] for n, t in base.tensors.items() if t.file == base.weights}
+        plan = None if distinct else _Vectors(originals)
         for i, model_id in enumerate(ids):
-            shared.push(model_id, _perturbed(originals, seed + i, distinct), {
+            own = plan.perturbed(seed + i) if plan else _perturbed(originals, seed + i, distinct)
+            shared.push(model_id, own, {
                 "spec_sha256": f"synth:{base.spec_sha256}:{seed + i}:{'distinct' if distinct else 'partial'}"})
             progress(i + 1)
     return ids
@@ -140,11 +142,49 @@ class _Noise:
 _NOISE: list[_Noise] = []
 
 
-@torch.no_grad()
-def _perturbed(originals: dict[str, torch.Tensor], seed: int, distinct: bool) -> dict[str, torch.Tensor]:
+def _noise() -> _Noise:
     if not _NOISE:
         _NOISE.append(_Noise())
-    noise = _NOISE[0]
+    return _NOISE[0]
+
+
+class _Vectors:
+    """What a partial copy changes, prepared once per synth run: a fresh head, and the base's float vectors
+    perturbed as one flat buffer with a per-element scale. A copy then costs one add and one cast per
+    dtype instead of ~60 small tensor operations (the difference between ~30 ms and a few ms a copy)."""
+
+    def __init__(self, originals: dict[str, torch.Tensor]) -> None:
+        self.heads = {n: t for n, t in originals.items() if any(m in n for m in HEAD_MARKERS) and n.endswith("weight")}
+        vectors = {n: t for n, t in originals.items() if n not in self.heads and t.dim() == 1}
+        self.other = {n: t for n, t in vectors.items() if not t.is_floating_point()}  # per tensor, as before
+        self.groups: list[tuple[torch.dtype, list[tuple[str, int, int]], torch.Tensor, torch.Tensor]] = []
+        for dtype in sorted({t.dtype for n, t in vectors.items() if n not in self.other}, key=str):
+            names = [(n, t) for n, t in vectors.items() if t.dtype == dtype and n not in self.other]
+            flat = torch.cat([t.float() for _, t in names])
+            scale = torch.cat([torch.full((t.numel(),), PERTURBATION * max(
+                t.float().std().item() if t.numel() > 1 else 0.0, 1e-3)) for _, t in names])
+            spans, start = [], 0
+            for n, t in names:
+                spans.append((n, start, t.numel()))
+                start += t.numel()
+            self.groups.append((dtype, spans, flat, scale))
+
+    @torch.no_grad()
+    def perturbed(self, seed: int) -> dict[str, torch.Tensor]:
+        noise = _noise()
+        generator = torch.Generator().manual_seed(seed)
+        out = {n: (torch.randn(t.shape, generator=generator) * 0.02).to(t.dtype) for n, t in self.heads.items()}
+        for dtype, spans, flat, scale in self.groups:
+            noisy = (flat + noise.window(flat.numel(), generator) * scale).to(dtype)
+            out.update({n: noisy[start:start + size] for n, start, size in spans})
+        for name, base in self.other.items():
+            out[name] = noise.perturb(name, base, generator, PERTURBATION)
+        return out
+
+
+@torch.no_grad()
+def _perturbed(originals: dict[str, torch.Tensor], seed: int, distinct: bool) -> dict[str, torch.Tensor]:
+    noise = _noise()
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for name, base in originals.items():
