@@ -204,6 +204,8 @@ def test_s3_keeps_contents_once_and_removes_them_with_their_last_user(s3_endpoin
     store.remove("m0")
     assert shared in store.blob_digests() and len(store.blob_digests()) == 3
     assert (store.fetch("m1") / "shards" / "base.safetensors").read_bytes() == SHARED
+    store.push(*_member(tmp_path, "m2", own=b"a new version"))  # a re-push lets go of the old version's own blob
+    assert len(store.blob_digests()) == 3
     store.remove("m1")
     store.remove("m2")
     assert store.blob_digests() == set()

@@ -137,6 +137,10 @@ class S3Store(ModelStore):
         user sees it before deciding the blob is unused; the blobs are checked again once the manifest is
         written and any that such a removal deleted in between is uploaded again."""
         verify_files(src_dir, manifest)
+        try:
+            old = {e.sha256 for e in self.read_manifest(manifest.id).files.values()}  # a re-push: its version
+        except StoreError:
+            old = set()
         first = {e.sha256: name for name, e in reversed(list(manifest.files.items()))}
         for sha in first:
             self._call(f"marking {manifest.id} as a user of {sha[:16]}", self.client.put_object,
@@ -149,6 +153,7 @@ class S3Store(ModelStore):
         for sha, name in first.items():
             if not self._exists(self._blob_key(sha)):
                 self._upload(src_dir / name, sha, manifest.id, name)
+        self._release(manifest.id, old - set(first))  # contents only the replaced version used
 
     def _upload(self, path: Path, sha256: str, model_id: str, name: str) -> None:
         self._call(f"uploading {model_id}/{name}", self.client.upload_file, Filename=str(path),
@@ -187,13 +192,16 @@ class S3Store(ModelStore):
         manifest = self.read_manifest(model_id)
         self._call("removing a manifest", self.client.delete_object, Bucket=self.bucket,
                    Key=self._key(model_id, MANIFEST_NAME))
-        digests = {e.sha256 for e in manifest.files.values()}
-        for sha in digests:
-            self._call(f"removing {model_id}'s mark on {sha[:16]}", self.client.delete_object, Bucket=self.bucket,
-                       Key=self._ref_key(sha, model_id))
         for name in manifest.files:  # the old layout (a no-op for a model pushed as blobs)
             self._call(f"removing {model_id}/{name}", self.client.delete_object, Bucket=self.bucket,
                        Key=self._key(model_id, name))
+        self._release(model_id, {e.sha256 for e in manifest.files.values()})
+
+    def _release(self, model_id: str, digests: set[str]) -> None:
+        """Drop ``model_id``'s marks on ``digests``, then every blob among them no model marks any more."""
+        for sha in digests:
+            self._call(f"removing {model_id}'s mark on {sha[:16]}", self.client.delete_object, Bucket=self.bucket,
+                       Key=self._ref_key(sha, model_id))
         for sha in digests:
             users = self._call("listing a blob's users", self.client.list_objects_v2, Bucket=self.bucket,
                                Prefix=self._ref_key(sha), MaxKeys=1)
