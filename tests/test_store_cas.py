@@ -262,7 +262,8 @@ def test_s3_concurrent_push_and_rm_leave_the_store_consistent(s3_endpoint: str, 
 
 def test_removing_a_member_over_http_leaves_the_other_answering(family: LocalStore, tmp_path: Path) -> None:
     """A real server; the base and one member are removed from the store with `shoal models rm`; the other
-    member, unloaded and loaded again from what is left, answers exactly as before."""
+    member, unloaded and loaded again from what is left, answers exactly as before. Then a third member's
+    own blob is corrupted: it alone fails."""
     root = tmp_path / "store"
     shutil.copytree(family.root, root, symlinks=True)  # a private copy (the module's store stays whole)
     store = LocalStore(root)
@@ -286,5 +287,15 @@ def test_removing_a_member_over_http_leaves_the_other_answering(family: LocalSto
             assert after.status_code == 200, after.text
             assert after.json()["prediction"] == before.json()["prediction"]
             assert c.get("/models/cas-0001").json()["loads"] == 2
+
+            # a blob corrupted in place in the store fails the one model using it, with its sha256 reason
+            own = store.read_manifest("cas-0002").files["weights.safetensors"].sha256
+            with open(store.blobs.path(own), "r+b") as fh:
+                fh.seek(200)
+                fh.write(b"corrupted")
+            broken = ask("cas-0002")
+            assert broken.status_code == 503 and "sha256" in broken.json()["error"], broken.text
+            again = ask("cas-0001")
+            assert again.status_code == 200 and again.json()["prediction"] == before.json()["prediction"]
     finally:
         proc.stop()
