@@ -299,3 +299,19 @@ def test_removing_a_member_over_http_leaves_the_other_answering(family: LocalSto
             assert again.status_code == 200 and again.json()["prediction"] == before.json()["prediction"]
     finally:
         proc.stop()
+
+
+def test_disk_tier_folders_from_before_blobs_are_moved_in_without_a_fetch(tmp_path: Path) -> None:
+    """A cache written by the previous layout (plain files in the model's folder) keeps its verified bytes."""
+    src, manifest = _member(tmp_path, "old", own=b"own bytes")
+    folder = tmp_path / "cache" / "old"
+    shutil.copytree(src, folder)
+    cache = VerifiedCache(tmp_path / "cache")
+
+    def no_fill(name: str, tmp: Path) -> None:
+        raise AssertionError(f"{name} was fetched again")
+
+    assert cache.ensure(manifest, no_fill) == folder
+    assert (folder / "shards" / "base.safetensors").is_symlink()
+    assert cache.blob(manifest.files["weights.safetensors"].sha256).read_bytes() == b"own bytes"
+    verify_files(folder, manifest)
