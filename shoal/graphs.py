@@ -98,6 +98,40 @@ def load_weights(path: Path, names: list[str], device: str) -> list[torch.Tensor
         return [fh.get_tensor(n) for n in names]
 
 
+def read_tensors(folder: Path, manifest: Any, names: list[str], device: str) -> dict[str, torch.Tensor]:
+    """The named tensors of ``manifest``, each from the file its ``tensors`` entry names (opened once per
+    file), memory-mapped on a CPU: a family member's own tensors and the base's shared shard alike."""
+    from collections import defaultdict
+
+    from safetensors import safe_open
+
+    by_file: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        entry = manifest.tensors.get(name)
+        if entry is None:
+            raise ValueError(f"{manifest.id} lists no tensor {name!r}, which its graph takes")
+        by_file[entry.file].append(name)
+    out: dict[str, torch.Tensor] = {}
+    for file, wanted in by_file.items():
+        with safe_open(str(folder / file), framework="pt", device=device) as fh:
+            present = set(fh.keys())
+            for name in wanted:
+                key = manifest.tensors[name].key or name
+                if key not in present:
+                    raise ValueError(f"{file} lacks tensor {key!r} that the manifest of {manifest.id} places there")
+                out[name] = fh.get_tensor(key)
+    return out
+
+
+def graph_weights(folder: Path, manifest: Any, names: list[str], device: str) -> list[torch.Tensor]:
+    """The graph's weights in its order: from wherever the manifest's ``tensors`` place them, else from the
+    one weights file (models traced before tensors were listed)."""
+    if manifest.tensors:
+        found = read_tensors(folder, manifest, names, device)
+        return [found[n] for n in names]
+    return load_weights(folder / manifest.weights, names, device)
+
+
 class GraphCache:
     """One loaded graph per artifact sha256, shared by every model that names it.
 
@@ -161,7 +195,7 @@ def load_text_model(folder: Path, manifest: Any, device: str = "cpu") -> Any:
 
     if manifest.weights:
         graph, names = load_graph(folder / manifest.artifact, device)
-        return BoundGraph(graph, load_weights(folder / manifest.weights, names, device))
+        return BoundGraph(graph, graph_weights(folder, manifest, names, device))
     return load_torchscript(folder / manifest.artifact, device)
 
 

@@ -195,7 +195,8 @@ def build_reliability_store(root: Path, slow_s: float = 2.5) -> ReliabilityStore
                "evil-torchscript": poisoned_torchscript(real, markers["evil-torchscript"])}
     for name, data in crafted.items():
         replace_artifact(store, base, name, data, work)
-    replace_artifact(store, base, "broken", real, work)
+    # bytes of its own (the store keeps a content once: corrupting tiny-a's shared bytes would break tiny-a too)
+    replace_artifact(store, base, "broken", real + b"broken", work)
     with open(store_folder(store) / "broken" / base.artifact, "r+b") as fh:  # after the manifest: sha256 mismatch
         fh.seek(200)
         fh.write(b"tampered")

@@ -112,11 +112,25 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
 
 def add_broken_copy(store: ModelStore, root: Path, src: str, dst: str = "broken") -> None:
     """``dst``: a copy of ``src`` under its own id whose weights file is then corrupted on disk
-    (its manifest still names the good sha256, so every load of it must fail its check)."""
+    (its manifest still names the good sha256, so every load of it must fail its check).
+
+    The copy's weights get a few bytes of their own first (so their sha256 is no other model's: a store
+    and a disk tier that keep contents by sha256 would rightly serve ``src``'s intact bytes for a shared
+    one), and the folder is written as plain files, as a store written before blobs has them."""
+    from shoal.store.manifest import FileEntry
+    from shoal.store.manifest import sha256_file
+
     shutil.copytree(root / src, root / dst)
-    manifest = store.read_manifest(src).model_copy(update={"id": dst})
+    manifest = store.read_manifest(src)
+    name = manifest.weights or manifest.artifact
+    path = root / dst / name
+    data = path.read_bytes() + dst.encode()
+    path.unlink()  # the copy may be a hard link to a blob: never write through it
+    path.write_bytes(data)
+    files = {**manifest.files, name: FileEntry(sha256=sha256_file(path), size=len(data))}
+    manifest = manifest.model_copy(update={"id": dst, "files": files})
     (root / dst / "shoal.json").write_text(manifest.model_dump_json(indent=2))
-    with open(root / dst / (manifest.weights or manifest.artifact), "r+b") as fh:
+    with open(path, "r+b") as fh:
         fh.seek(100)
         fh.write(b"corrupted")
 

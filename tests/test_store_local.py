@@ -30,7 +30,8 @@ def test_push_list_fetch_remove(tmp_path: Path, store: LocalStore) -> None:
     assert (folder / "model.pt").read_bytes() == b"weights"
     store.remove("m1")
     assert store.list_ids() == []
-    assert not any(store.root.iterdir())
+    assert not [p for p in store.root.iterdir() if not p.name.startswith(".")]
+    assert not store.blobs.digests(), "the last user's removal deletes its blobs"
 
 
 def test_fetch_detects_tampered_file(tmp_path: Path, store: LocalStore) -> None:
@@ -80,7 +81,8 @@ def test_push_replaces_existing_model_atomically(tmp_path: Path, store: LocalSto
     src2, manifest2 = _model_folder(tmp_path / "v2", "m1", b"new weights")
     store.push(src2, manifest2)
     assert (store.fetch("m1") / "model.pt").read_bytes() == b"new weights"
-    assert sorted(p.name for p in store.root.iterdir()) == ["m1"]
+    assert sorted(p.name for p in store.root.iterdir() if not p.name.startswith(".")) == ["m1"]
+    assert store.blobs.digests() == {e.sha256 for e in manifest2.files.values()}, "the old version's blobs went"
 
 
 @pytest.mark.parametrize("bad", ["../etc", "a/b", "..", "/abs", "", ".hidden", "a%2Fb", "x" * 200])

@@ -60,7 +60,8 @@ def test_tampered_object_is_refused(s3_endpoint: str, tmp_path: Path) -> None:
     store = _store(s3_endpoint, tmp_path, "s3://tamper")
     src, manifest = _folder(tmp_path, "m", b"good weights")
     store.push(src, manifest)
-    store.client.put_object(Bucket="tamper", Key="m/model.pt", Body=b"evil weights")
+    sha = manifest.files["model.pt"].sha256
+    store.client.put_object(Bucket="tamper", Key=f".blobs/{sha}", Body=b"evil weights")
     with pytest.raises(IntegrityError, match="sha256"):
         store.fetch("m")
     cached = tmp_path / "cache" / "tamper" / "_" / "m"

@@ -20,29 +20,8 @@ import torch
 
 from shoal.family import graph as family_graph
 from shoal.family.keys import family_key
+from shoal.graphs import read_tensors
 from shoal.store.manifest import Manifest
-
-
-def read_tensors(folder: Path, manifest: Manifest, names: list[str], device: str) -> dict[str, torch.Tensor]:
-    """The named tensors of ``manifest``, each from its file (opened once per file), memory-mapped on a CPU."""
-    from safetensors import safe_open
-
-    by_file: dict[str, list[str]] = defaultdict(list)
-    for name in names:
-        entry = manifest.tensors.get(name)
-        if entry is None:
-            raise ValueError(f"{manifest.id} lists no tensor {name!r}, which its family graph takes")
-        by_file[entry.file].append(name)
-    out: dict[str, torch.Tensor] = {}
-    for file, wanted in by_file.items():
-        with safe_open(str(folder / file), framework="pt", device=device) as fh:
-            present = set(fh.keys())
-            for name in wanted:
-                key = manifest.tensors[name].key or name
-                if key not in present:
-                    raise ValueError(f"{file} lacks tensor {key!r} that the manifest of {manifest.id} places there")
-                out[name] = fh.get_tensor(key)
-    return out
 
 
 class TensorPool:

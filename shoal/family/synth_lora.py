@@ -3,16 +3,12 @@
 Stands in for a fleet of customers' PEFT adapters (benchmarks and tests; a real adapter comes in
 through a catalog entry, shoal/trace/adapters.py). Each member's files are the base's files,
 the base's weights under ``shards/<sha>.safetensors`` (the same bytes, so a content-addressed
-store keeps one copy) and its own ``weights.safetensors`` of LoRA factors.
+store keeps one copy) and its own ``weights.safetensors`` of LoRA factors, written the way every
+synthesized member is (shoal/family/shared_base.py).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -20,11 +16,10 @@ import torch
 from shoal.errors import UsageError
 from shoal.family.graph import DEFAULT_SLOTS
 from shoal.ids import check_model_id
+from shoal.family.shared_base import SharedBase
 from shoal.store.base import ModelStore
-from shoal.store.manifest import Adapter, Manifest, describe_files
-from shoal.store.tensors import describe_tensors
+from shoal.store.manifest import Adapter, Manifest
 
-OWN_FILE = "weights.safetensors"
 QUERY_VALUE = ("attention.self.query", "attention.self.value")  # PEFT's default targets for BERT
 
 
@@ -47,23 +42,11 @@ def synth_adapters(store: ModelStore, base_id: str, count: int, *, rank: int = 8
     if not all(s in DEFAULT_SLOTS for s in suffixes):
         raise UsageError(f"the family graph has LoRA slots for {', '.join(DEFAULT_SLOTS)} only")
     targets = lora_targets(base, suffixes)
-    folder = store.fetch(base_id)
-    shard = f"shards/{base.files[base.weights].sha256[:16]}.safetensors"
     width = max(4, len(str(seed + count - 1)))
     ids = [check_model_id(f"{prefix or base_id + '-lora'}-{seed + i:0{width}d}") for i in range(count)]
-    staging = Path(tempfile.mkdtemp(prefix=".shoal-lora-", dir=_scratch_near(store)))
-    from safetensors.torch import save_file
-
-    try:
-        names = [n for n in base.files if n != base.weights]
-        for name in names:
-            _link_or_copy(folder / name, staging / name)
-        (staging / "shards").mkdir()
-        _link_or_copy(folder / base.weights, staging / shard)
-        shared = {n: t.model_copy(update={"file": shard}) if t.file == base.weights else t
-                  for n, t in base.tensors.items()}
-        dtype = next(t for n, t in base.tensors.items() if n.endswith("LayerNorm.weight")).dtype
-        torch_dtype = {"BF16": torch.bfloat16, "F16": torch.float16}.get(dtype, torch.float32)
+    dtype = next(t for n, t in base.tensors.items() if n.endswith("LayerNorm.weight")).dtype
+    torch_dtype = {"BF16": torch.bfloat16, "F16": torch.float16}.get(dtype, torch.float32)
+    with SharedBase(store, base) as shared:
         for i, model_id in enumerate(ids):
             g = torch.Generator().manual_seed(seed + i)
             own: dict[str, torch.Tensor] = {}
@@ -71,33 +54,8 @@ def synth_adapters(store: ModelStore, base_id: str, count: int, *, rank: int = 8
                 out_f, in_f = base.tensors[f"{target}.weight"].shape
                 own[f"{target}.lora_A"] = (torch.randn(rank, in_f, generator=g) / in_f ** 0.5).to(torch_dtype)
                 own[f"{target}.lora_B"] = (torch.randn(out_f, rank, generator=g) * 0.02).to(torch_dtype)
-            save_file(own, str(staging / OWN_FILE))
-            manifest = base.model_copy(update={
-                "id": model_id, "base": base_id, "weights": OWN_FILE,
-                "tensors": {**shared, **describe_tensors(staging / OWN_FILE, OWN_FILE)},
+            shared.push(model_id, own, {
                 "adapter": Adapter(rank=rank, alpha=alpha, targets=targets, base=base_id),
-                "files": describe_files(staging, [*names, shard, OWN_FILE]),
-                "spec_sha256": f"lora:{base.spec_sha256}:{seed + i}:{rank}",
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-            })
-            store.push(staging, manifest)
-            (staging / OWN_FILE).unlink()
+                "spec_sha256": f"lora:{base.spec_sha256}:{seed + i}:{rank}"})
             progress(i + 1)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return ids
-
-
-def _scratch_near(store: ModelStore) -> Path | None:
-    root = getattr(store, "root", None)
-    if isinstance(root, Path):
-        root.mkdir(parents=True, exist_ok=True)
-        return root
-    return None
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)

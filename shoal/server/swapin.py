@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shoal.graphs import BoundGraph, fault_in, load_weights, read_ahead
+from shoal.graphs import BoundGraph, fault_in, graph_weights, read_ahead
 from shoal.server.handlers.base import LoadContext
 from shoal.store.manifest import Manifest
 
@@ -19,9 +19,10 @@ def bind_weights(manifest: Manifest, folder: Path, ctx: LoadContext) -> BoundGra
     assert manifest.weights is not None
     graph_entry = manifest.files[manifest.artifact]
     graph, names = ctx.graphs.get(graph_entry.sha256, folder / manifest.artifact, ctx.torch_device)
-    path = folder / manifest.weights
-    read_ahead(path)
-    weights = load_weights(path, names, ctx.torch_device)
+    files = {t.file for t in manifest.tensors.values()} or {manifest.weights}
+    for name in sorted(files):  # the member's own file and the base's shared shard alike
+        read_ahead(folder / name)
+    weights = graph_weights(folder, manifest, names, ctx.torch_device)
     if ctx.torch_device == "cpu":
         fault_in(weights)
     return BoundGraph(graph, weights)

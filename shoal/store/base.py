@@ -65,12 +65,17 @@ class ModelStore(ABC):
 
 def verify_files(folder: Path, manifest: Manifest) -> None:
     """Raise IntegrityError unless every file in the manifest is present with its sha256."""
-    for name, entry in manifest.files.items():
-        path = folder / name
-        if not path.is_file():
-            raise IntegrityError(f"{manifest.id}: file {name} is missing from {folder}")
-        if path.stat().st_size != entry.size or file_sha256(path) != entry.sha256:
-            raise IntegrityError(f"{manifest.id}: file {name} does not match the sha256 in its manifest")
+    for name in manifest.files:
+        verify_file(folder, manifest, name)
+
+
+def verify_file(folder: Path, manifest: Manifest, name: str) -> None:
+    entry = manifest.files[name]
+    path = folder / name
+    if not path.is_file():
+        raise IntegrityError(f"{manifest.id}: file {name} is missing from {folder}")
+    if path.stat().st_size != entry.size or file_sha256(path) != entry.sha256:
+        raise IntegrityError(f"{manifest.id}: file {name} does not match the sha256 in its manifest")
 
 
 def check_listed(manifest: Manifest) -> None:
@@ -85,4 +90,4 @@ def manifest_bytes(manifest: Manifest) -> bytes:
     return manifest.model_dump_json(indent=2).encode()
 
 
-__all__ = ["ModelStore", "verify_files", "check_listed", "manifest_bytes", "MANIFEST_NAME"]
+__all__ = ["ModelStore", "verify_files", "verify_file", "check_listed", "manifest_bytes", "MANIFEST_NAME"]

@@ -45,3 +45,14 @@ def file_sha256(path: Path) -> str:
                 _known.clear()
             _known[key] = (stamp, digest)
     return digest
+
+
+def remember(path: Path, digest: str) -> None:
+    """Record the digest of a file this process just wrote (and hashed while writing), so checking it
+    before a push does not read it again."""
+    st = os.stat(path)
+    with _lock:
+        if len(_known) >= MAX_REMEMBERED:
+            _known.clear()
+        _known[(st.st_dev, st.st_ino)] = (_stamp(st), digest)
+
