@@ -118,7 +118,7 @@ def add_broken_copy(store: ModelStore, root: Path, src: str, dst: str = "broken"
     and a disk tier that keep contents by sha256 would rightly serve ``src``'s intact bytes for a shared
     one), and the folder is written as plain files, as a store written before blobs has them."""
     from shoal.store.manifest import FileEntry
-    from shoal.store.manifest import sha256_file
+    from shoal.store.digests import hash_file
 
     shutil.copytree(root / src, root / dst)
     manifest = store.read_manifest(src)
@@ -127,7 +127,7 @@ def add_broken_copy(store: ModelStore, root: Path, src: str, dst: str = "broken"
     data = path.read_bytes() + dst.encode()
     path.unlink()  # the copy may be a hard link to a blob: never write through it
     path.write_bytes(data)
-    files = {**manifest.files, name: FileEntry(sha256=sha256_file(path), size=len(data))}
+    files = {**manifest.files, name: FileEntry(sha256=hash_file(path), size=len(data))}
     manifest = manifest.model_copy(update={"id": dst, "files": files})
     (root / dst / "shoal.json").write_text(manifest.model_dump_json(indent=2))
     with open(path, "r+b") as fh:

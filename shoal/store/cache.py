@@ -30,7 +30,8 @@ from typing import Callable
 
 from shoal.errors import IntegrityError
 from shoal.store.blobs import BLOBS
-from shoal.store.manifest import MANIFEST_NAME, Manifest, sha256_file
+from shoal.store.digests import hash_file
+from shoal.store.manifest import MANIFEST_NAME, Manifest
 
 STAMPS = ".verified.json"
 ORPHAN_AGE_S = 3600.0  # a blob no folder links is deleted after this long (another process may be filling it)
@@ -96,13 +97,13 @@ class VerifiedCache:
                 self.stats["trusted"] += 1
                 return blob
             self.stats["hashed"] += 1
-            if sha256_file(blob) == sha256:
+            if hash_file(blob) == sha256:
                 _write_blob_stamp(blob, key)
                 return blob
             self.stats["corrupt"] += 1
         elif path.is_file() and not path.is_symlink() and path.stat().st_size == size:
             self.stats["hashed"] += 1  # a plain file from before blobs: keep its bytes if they are right
-            if sha256_file(path) == sha256:
+            if hash_file(path) == sha256:
                 blob.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(path, blob)
                 _write_blob_stamp(blob, _stat_key(blob))
@@ -118,7 +119,7 @@ class VerifiedCache:
         try:
             tmp.unlink()  # fill creates it (a hard link needs the name free)
             fill(name, tmp)
-            if sha256_file(tmp) != sha256:
+            if hash_file(tmp) != sha256:
                 raise IntegrityError(f"{model_id}: {name} from the store does not match the sha256 in its manifest")
             os.replace(tmp, blob)
             _write_blob_stamp(blob, _stat_key(blob))

@@ -10,17 +10,26 @@ replaced file is always hashed again. The memo lives in this process only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
 
-from shoal.store.manifest import sha256_file
 
 MAX_REMEMBERED = 65_536
 
 _lock = threading.Lock()
 _known: dict[tuple[int, int], tuple[tuple[int, int, int], str]] = {}
 stats = {"hashed": 0, "remembered": 0}
+
+
+def hash_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The file's sha256, read from disk every time (what a cache that trusts nothing else needs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int]:
@@ -36,7 +45,7 @@ def file_sha256(path: Path) -> str:
         if hit is not None and hit[0] == stamp:
             stats["remembered"] += 1
             return hit[1]
-    digest = sha256_file(path)
+    digest = hash_file(path)
     after = os.stat(path)
     with _lock:
         stats["hashed"] += 1

@@ -16,6 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from shoal.store.digests import file_sha256
+from shoal.store.dtypes import dtype_size
+
 MANIFEST_NAME = "shoal.json"
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
 
@@ -85,8 +88,6 @@ class TensorEntry(BaseModel):
 
     @property
     def nbytes(self) -> int:
-        from shoal.store.tensors import dtype_size
-
         n = dtype_size(self.dtype)
         for d in self.shape:
             n *= d
@@ -201,16 +202,6 @@ def _interned(tensors: dict[str, TensorEntry]) -> dict[str, TensorEntry]:
     return out
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe_files(folder: Path, names: list[str]) -> dict[str, FileEntry]:
     """sha256 and size of each named file in ``folder`` (remembered per inode, so a push's check is free)."""
-    from shoal.store.digests import file_sha256
-
     return {n: FileEntry(sha256=file_sha256(folder / n), size=(folder / n).stat().st_size) for n in names}

@@ -15,18 +15,6 @@ from pathlib import Path
 
 from shoal.store.manifest import TensorEntry
 
-# safetensors dtype names -> bytes per element
-_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-          "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-
-
-def dtype_size(dtype: str) -> int:
-    try:
-        return _SIZES[dtype]
-    except KeyError:
-        raise ValueError(f"unknown tensor dtype {dtype!r}") from None
-
-
 def digest(dtype: str, shape: list[int], data: bytes | memoryview) -> str:
     """sha256 over ``dtype``, ``shape`` and the raw little-endian bytes: equal tensors, equal digest."""
     h = hashlib.sha256(f"{dtype}:{','.join(map(str, shape))}:".encode())
