@@ -24,10 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHOAL = ROOT / "shoal"
 
-# Module cycles still allowed, each as the sorted tuple of its modules. Only cycles through
-# shoal/store or shoal/pack may be here: those packages are being rewritten on other branches.
-ALLOWED_MODULE_CYCLES: set[tuple[str, ...]] = set()  # none: a cycle is fixed, not allowed
-
 # Lower layers first. A package may import a package listed before it, never one after.
 PACKAGE_ORDER = [
     "shoal", "shoal.errors", "shoal.ids", "shoal.cache_dirs", "shoal.config", "shoal.devices", "shoal.samples",
@@ -172,15 +168,8 @@ def _path(graph: dict[str, set[str]], comp: list[str]) -> str:
 
 def test_no_module_cycles() -> None:
     graph = import_graph()
-    found = [c for c in cycles(graph) if tuple(c) not in ALLOWED_MODULE_CYCLES]
+    found = cycles(graph)
     assert not found, "import cycles:\n" + "\n".join(_path(graph, c) for c in found)
-
-
-def test_allowed_cycles_are_still_cycles_and_go_through_store_or_pack() -> None:
-    current = {tuple(c) for c in cycles(import_graph())}
-    for allowed in ALLOWED_MODULE_CYCLES:
-        assert allowed in current, f"{allowed} is no longer a cycle: remove it from ALLOWED_MODULE_CYCLES"
-        assert any(m.startswith(("shoal.store", "shoal.pack")) for m in allowed), allowed
 
 
 def package_of(module: str) -> str:
