@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -182,6 +183,8 @@ def main() -> None:
 def serve_and_load(args: argparse.Namespace, catalog: list[str], targets: list[str],
                    texts: list[str]) -> tuple[dict, float]:
     """A server over ``catalog``, the closed loop over ``targets``; the run and its mean batch."""
+    gc.collect()
+    gc.freeze()  # the client's own collections (torch, handlers, answers) must not stall its event loop
     server = Server(["--store", f"file://{args.scratch}", "--models", ",".join(catalog), "--preload", "all",
                      *args.server_args.split()])
     try:
