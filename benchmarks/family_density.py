@@ -44,8 +44,11 @@ def ensure_members(scratch: Path, base_store: str, base: str, count: int) -> lis
         src = open_store(base_store)
         store.push(src.fetch(base), src.read_manifest(base))
     lora, partial = count // 2, count - count // 2
-    width = max(4, len(str(count)))
-    ids = [f"{base}-l-{i:0{width}d}" for i in range(lora)] + [f"{base}-p-{i:0{width}d}" for i in range(partial)]
+    def named(kind: str, n: int) -> list[str]:  # as synth names them: at least 4 digits, as many as n - 1 needs
+        width = max(4, len(str(n - 1)))
+        return [f"{base}-{kind}-{i:0{width}d}" for i in range(n)]
+
+    ids = named("l", lora) + named("p", partial)
     if not set(ids) <= have:
         free = shutil.disk_usage(scratch).free
         if free < count * 2_000_000 + (10 << 30):
@@ -89,9 +92,15 @@ def store_figures(scratch: Path, base: str, ids: list[str]) -> dict:
             "on_disk_minus_manifests_over_base_plus_own": round((on_disk - manifests) / (base_bytes + own), 3)}
 
 
+def catalog(ids: list[str]) -> list[str]:
+    """``--models`` for a short catalog; none (the whole scratch store: the base and its members) for a
+    long one, whose ids would not fit one command-line argument (128 KiB)."""
+    return ["--models", ",".join(ids)] if len(ids) <= 2000 else []
+
+
 def resident(args: argparse.Namespace, ids: list[str]) -> dict:
     t0 = time.perf_counter()
-    server = Server(["--store", f"file://{args.scratch}", "--models", ",".join(ids), "--memory-budget", args.budget,
+    server = Server(["--store", f"file://{args.scratch}", *catalog(ids), "--memory-budget", args.budget,
                      "--preload", "all"], env={"SHOAL_CACHE_DIR": str(args.scratch.parent / "cache")})
     try:
         ready_s = time.perf_counter() - t0
@@ -109,8 +118,8 @@ def resident(args: argparse.Namespace, ids: list[str]) -> dict:
 
 
 def zipf_tail(args: argparse.Namespace, ids: list[str]) -> dict:
-    server = Server(["--store", f"file://{args.scratch}", "--models", ",".join(ids), "--memory-budget", args.budget,
-                     "--preload", "none"], env={"SHOAL_CACHE_DIR": str(args.scratch.parent / "cache")})
+    server = Server(["--store", f"file://{args.scratch}", *catalog(ids), "--memory-budget", args.budget,
+                     "--preload", args.preload], env={"SHOAL_CACHE_DIR": str(args.scratch.parent / "cache")})
     try:
         chooser = ModelChooser(f"zipf:{args.zipf}", ids, seed=1)
         if args.warmup > 0:
@@ -137,6 +146,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--budget", default="4GiB")
     ap.add_argument("--rate", type=float, default=0.0, help="Poisson req/s over the members (0: the resident check)")
+    ap.add_argument("--preload", default="none", help="the Zipf run's --preload: none (members load on first "
+                    "request, inside the window too) or all (every member resident before the clock starts)")
     ap.add_argument("--zipf", type=float, default=1.1)
     ap.add_argument("--warmup", type=float, default=30.0)
     ap.add_argument("--duration", type=float, default=60.0)

@@ -14,9 +14,10 @@ from shoal.store.manifest import Manifest
 # What a swapped-in model costs beyond its mapped weights (handler, tokenizer reference, batcher,
 # metrics children), measured by benchmarks/server_density.py --marginal (docs/BENCHMARKS.md `## long tail`).
 SWAPIN_OVERHEAD_BYTES = 1 << 20
-# A family member adds its handler, batcher, manifest and LoRA padding, not a mapping of its own:
-# measured by benchmarks/family_density.py (docs/BENCHMARKS.md `## families`).
-MEMBER_OVERHEAD_BYTES = 96 << 10
+# A family member adds its handler, batcher, manifest and metrics, not a mapping of its own: 10,000
+# resident members measured ~131 KiB each beyond their own tensors (benchmarks/family_density.py,
+# docs/BENCHMARKS.md `## families`), rounded up.
+MEMBER_OVERHEAD_BYTES = 136 << 10
 
 
 def _frozen_cost(manifest: Manifest) -> int:
