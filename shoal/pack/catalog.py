@@ -3,7 +3,8 @@
 The catalog is data (``catalog.yaml`` in this package, or the user's own file); this
 module validates it and resolves the names given to ``--instances`` into
 :class:`InstanceType` records the solver works with, including the pseudo type
-``local`` whose vCPU and RAM are read from this machine.
+``local`` that describes this machine: its vCPUs are the cores this process may use
+(``shoal.devices.usable_cores``: affinity and cgroup quota), its RAM the machine's.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shoal.devices import Processor, usable_cores
 from shoal.errors import UsageError
 
 GIB = 1 << 30
-Processor = Literal["cpu", "gpu", "inf1", "inf2"]
 
 
 class AcceleratorSpec(BaseModel):
@@ -36,7 +37,7 @@ class InstanceSpec(BaseModel):
 
     accelerator: str
     devices: int = Field(ge=1)
-    vcpu: int | Literal["auto"] = Field(description="'auto': this machine's")
+    vcpu: int | Literal["auto"] = Field(description="'auto': the cores usable here")
     ram_gib: float | Literal["auto"]
     price_per_hour: float = Field(ge=0)
     max_count: int | None = Field(None, ge=1, description="how many of this type exist (local: 1)")
@@ -119,13 +120,6 @@ def machine_ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def machine_vcpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def resolve(catalog: CatalogFile, name: str, devices: int | None = None) -> InstanceType:
     """One catalog entry as an InstanceType; ``devices`` overrides the device count."""
     spec = catalog.instance_types.get(name)
@@ -134,7 +128,7 @@ def resolve(catalog: CatalogFile, name: str, devices: int | None = None) -> Inst
         raise UsageError(f"unknown instance type {name!r}; known types: {known}")
     acc = catalog.accelerators[spec.accelerator]
     n_dev = devices or spec.devices
-    vcpu = machine_vcpus() if spec.vcpu == "auto" else spec.vcpu
+    vcpu = usable_cores() if spec.vcpu == "auto" else spec.vcpu
     ram = machine_ram_bytes() if spec.ram_gib == "auto" else int(spec.ram_gib * GIB)
     dev_mem = int(acc.memory_gib * GIB) if acc.memory_gib else ram // n_dev
     return InstanceType(name=name, processor=acc.processor, accelerator=spec.accelerator, devices=n_dev,
