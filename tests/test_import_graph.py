@@ -213,6 +213,13 @@ def test_packages_import_only_lower_layers() -> None:
     assert not wrong, "imports against the layer order:\n" + "\n".join(sorted(wrong))
 
 
+def test_the_store_commands_import_no_later_stage() -> None:
+    """`shoal models synth` is the trace stage's: its command module adds it to the store's group."""
+    graph = import_graph()
+    store = [m for m in graph if m.startswith("shoal.store")]
+    assert [(m, t) for m in store for t in graph[m] if t.startswith("shoal.trace")] == []
+
+
 def test_the_graph_sees_function_level_imports_and_skips_type_checking() -> None:
     graph = import_graph()
     assert "shoal.server.grpc.server" in graph["shoal.server.process"]  # imported inside running()
