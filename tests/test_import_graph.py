@@ -30,8 +30,8 @@ ALLOWED_MODULE_CYCLES: set[tuple[str, ...]] = set()  # none: a cycle is fixed, n
 
 # Lower layers first. A package may import a package listed before it, never one after.
 PACKAGE_ORDER = [
-    "shoal", "shoal.errors", "shoal.ids", "shoal.cache_dirs", "shoal.config", "shoal.devices", "shoal.samples",
-    "shoal.artifacts", "shoal.graphs",
+    "shoal", "shoal.errors", "shoal.yaml_models", "shoal.ids", "shoal.cache_dirs", "shoal.config", "shoal.devices",
+    "shoal.samples", "shoal.artifacts", "shoal.graphs",
     "shoal.store",
     "shoal.spec",
     "shoal.family",

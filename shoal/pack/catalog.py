@@ -15,11 +15,11 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from shoal.devices import Processor, usable_cores
 from shoal.errors import UsageError
+from shoal.yaml_models import load_yaml_model
 
 GIB = 1 << 30
 
@@ -93,20 +93,7 @@ def default_catalog_path() -> Path:
 def load_catalog(path: Path | str | None = None) -> CatalogFile:
     """Read and validate a catalog file; one clear line if it is malformed."""
     p = Path(path) if path else default_catalog_path()
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"catalog file {p} does not exist") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"catalog file {p} is not readable YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"catalog file {p} must be a mapping with 'accelerators' and 'instance_types'")
-    try:
-        catalog = CatalogFile.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise UsageError(f"catalog file {p} is malformed at {where}: {err['msg']}") from None
+    catalog = load_yaml_model(p, CatalogFile, what="catalog file", shape="with 'accelerators' and 'instance_types'")
     for name, spec in catalog.instance_types.items():
         if spec.accelerator not in catalog.accelerators:
             raise UsageError(f"catalog file {p}: instance type {name} names unknown accelerator {spec.accelerator!r}")
