@@ -20,7 +20,7 @@ from shoal import __version__
 from shoal.deploy.fleet_sizing import NEURON_CORES_PER_CHIP, ServerSizing, size_fleet
 from shoal.devices import PROCESSORS
 from shoal.errors import ShoalError, UsageError
-from shoal.pack.plan import Plan
+from shoal.pack.plan_file import Plan
 from shoal.store import parse_store_uri
 
 CONTAINER_PORT = 8080
