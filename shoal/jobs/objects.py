@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from shoal.errors import StoreError, UsageError
+from shoal.store import parse_store_uri
 from shoal.store.s3_client import s3_call, s3_client
 
 PART_BYTES = 8 * 1024 * 1024  # S3 multipart part size (the minimum is 5 MiB)
@@ -280,16 +281,10 @@ class Locations:
         return self._client
 
     def _open(self, uri: str) -> Objects:
-        if "://" not in uri:
-            return LocalObjects(Path(uri))
-        p = urlparse(uri)
-        if p.scheme == "file":
-            return LocalObjects(Path(p.netloc + p.path) if p.netloc else Path(p.path))
-        if p.scheme == "s3":
-            if not p.netloc:
-                raise UsageError(f"{uri!r} names no bucket: use s3://bucket/prefix")
-            return S3Objects(p.netloc, p.path, self.client)
-        raise UsageError(f"{uri!r}: the job store must be file://DIR or s3://bucket/prefix")
+        where = parse_store_uri(uri, "job store URI")
+        if where.folder is not None:
+            return LocalObjects(where.folder)
+        return S3Objects(where.bucket, where.prefix, self.client)
 
     def resolve(self, location: str) -> tuple[Objects, str]:
         """(objects, key) for a location; UsageError naming what is wrong with it."""

@@ -24,16 +24,16 @@ class StoreURI:
     prefix: str = ""
 
 
-def parse_store_uri(uri: str) -> StoreURI:
-    """``file://DIR``, a bare path, or ``s3://bucket/prefix``; UsageError for anything else."""
+def parse_store_uri(uri: str, what: str = "store URI") -> StoreURI:
+    """``file://DIR``, a bare path, or ``s3://bucket/prefix``; UsageError naming ``what`` for anything else."""
     parsed = urlparse(uri if "://" in uri else "file://")
     if parsed.scheme == "file":
         return StoreURI("file", folder=Path(uri) if "://" not in uri else Path(parsed.netloc + parsed.path))
     if parsed.scheme == "s3":
         if not parsed.netloc:
-            raise UsageError(f"store URI {uri!r} names no bucket: use s3://bucket/prefix")
+            raise UsageError(f"{what} {uri!r} names no bucket: use s3://bucket/prefix")
         return StoreURI("s3", bucket=parsed.netloc, prefix=parsed.path)
-    raise UsageError(f"store URI {uri!r}: scheme must be file:// or s3://")
+    raise UsageError(f"{what} {uri!r}: scheme must be file:// or s3://")
 
 
 def open_store(uri: str, *, cache_dir: Path | None = None, endpoint_url: str | None = None,
