@@ -17,11 +17,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from shoal.pack.assignment import violations
 from shoal.pack.catalog import load_catalog, resolve_many
 from shoal.pack.demand import ModelLoad, build_demands
 from shoal.pack.families import placements
 from shoal.pack.improve import balance
-from shoal.pack.packing import violations
 from shoal.pack.run import PackRequest, run_pack
 from shoal.pack.solver import solve
 

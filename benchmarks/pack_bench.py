@@ -24,8 +24,8 @@ from pathlib import Path
 from shoal.pack.catalog import load_catalog, resolve_many
 from shoal.pack.demand import build_demands, model_load
 from shoal.pack.improve import balance
-from shoal.pack.plan import SolverReport
-from shoal.pack.planner import to_plan
+from shoal.pack.plan_builder import to_plan
+from shoal.pack.plan_file import SolverReport
 from shoal.pack.replan import moved, sticky_start
 from shoal.pack.run import PackRequest, run_pack
 from shoal.pack.solver import solve

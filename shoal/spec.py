@@ -13,12 +13,11 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from shoal.errors import UsageError
 from shoal.ids import check_model_id
 from shoal.store.manifest import Batching, Kind, Task
+from shoal.yaml_models import load_yaml_model
 
 PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16", "int8", "int8-bf16", "fp32-int8emb", "bf16-int8emb"]
 
@@ -127,23 +126,7 @@ def trace_order(specs: list[ModelSpec]) -> list[ModelSpec]:
 def load_spec(path: Path | str) -> ModelSpec:
     """Parse one catalog YAML, with one clear error line for every kind of bad input."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"model file {p} does not exist") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UsageError(f"model file {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"model file {p} must be a mapping (id, task, source, ...)")
-    try:
-        spec = ModelSpec.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "model"
-        raise UsageError(f"model file {p}: {loc}: {err['msg']}") from None
-    except UsageError as exc:
-        raise UsageError(f"model file {p}: {exc}") from None
+    spec = load_yaml_model(p, ModelSpec, what="model file", shape="(id, task, source, ...)",
+                           invalid="is not valid YAML")
     spec.source._catalog_dir = p.resolve().parent
     return spec

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from shoal.pack.assignment import Packing, violations
 from shoal.pack.catalog import GIB, InstanceType
 from shoal.pack.demand import Demands, ModelLoad
-from shoal.pack.packing import Packing, violations
 from shoal.store.local import LocalStore
 from shoal.store.manifest import Batching, Manifest, Profile, describe_files
 

@@ -12,7 +12,7 @@ import pytest
 from shoal.deploy.docker import DockerOptions, build_images, engine_problem, run_commands
 from shoal.deploy.kubernetes.sample import sample_plan
 from shoal.errors import UsageError
-from shoal.pack.plan import Plan, ServerPlan
+from shoal.pack.plan_file import Plan, ServerPlan
 
 REPO = Path(__file__).resolve().parent.parent
 STORE = "s3://models/store"

@@ -14,7 +14,7 @@ from shoal.deploy.kubernetes.autoscale import METRIC, adapter_values
 from shoal.deploy.kubernetes.options import KubeOptions
 from shoal.deploy.kubernetes.output import dump, dump_all
 from shoal.deploy.kubernetes.sample import sample_plan
-from shoal.pack.plan import Plan, ServerPlan
+from shoal.pack.plan_file import Plan, ServerPlan
 
 K8S = "1.33.0"
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from shoal.deploy.kubernetes.options import KubeOptions
 from shoal.deploy.kubernetes.output import MARKER, write_tree
 from shoal.deploy.kubernetes.sample import sample_plan
 from shoal.errors import UsageError
-from shoal.pack.plan import Plan, ServerPlan
+from shoal.pack.plan_file import Plan, ServerPlan
 
 STORE = "s3://models/store"
 

@@ -23,7 +23,7 @@ import pytest
 
 from shoal.deploy.local.control import port_in_use
 from shoal.deploy.local.state import FleetPaths, pid_alive, read_json, read_pid
-from shoal.pack.plan import InstancePlan, Plan, ServerPlan
+from shoal.pack.plan_file import InstancePlan, Plan, ServerPlan
 from shoal.store.local import LocalStore
 from tests.test_deploy_local_supervisor import free_ports, wait_for
 

@@ -13,7 +13,7 @@ from shoal.deploy.local.control import StartOptions, build_fleet, port_in_use
 from shoal.deploy.local.fleet import plan_fleet, workers_fleet
 from shoal.deploy.local.state import FleetPaths
 from shoal.errors import UsageError
-from shoal.pack.plan import InstancePlan, Plan, ServerPlan
+from shoal.pack.plan_file import InstancePlan, Plan, ServerPlan
 from shoal.store.manifest import Manifest
 
 

@@ -62,8 +62,7 @@ def test_executor_and_fleet_count_cores_the_same_way(monkeypatch: pytest.MonkeyP
 
 def test_no_module_counts_the_machine_for_sizing() -> None:
     """os.cpu_count only where the machine itself is described (reports, measured_on), never to size threads."""
-    allowed = {"shoal/devices.py", "shoal/loadtest/command.py", "shoal/trace/stage.py", "shoal/trace/detector.py",
-               "shoal/pack/catalog.py"}  # pack/ is being rewritten on another branch: it moves here after that
+    allowed = {"shoal/devices.py", "shoal/loadtest/command.py", "shoal/trace/stage.py", "shoal/trace/detector.py"}
     users = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "shoal").rglob("*.py")
                    if "cpu_count" in p.read_text() and str(p.relative_to(ROOT)) not in allowed)
     assert users == [], f"count cores with shoal.devices.usable_cores, not os.cpu_count: {users}"
@@ -82,13 +81,13 @@ def _literal_tuples(path: Path) -> list[tuple[str, ...]]:
 
 
 def test_processor_names_are_defined_once() -> None:
-    """The names live in shoal/devices.py; store/ and pack/ keep a Literal until their rewrites land, equal to it."""
+    """The names live in shoal/devices.py; the manifest and the instance catalog import its Literal."""
+    from shoal.devices import Processor
     from shoal.pack.catalog import Processor as CatalogProcessor
     from shoal.store.manifest import Processor as ManifestProcessor
 
-    assert PROCESSORS == ("cpu", "gpu", "inf1", "inf2")
-    assert get_args(CatalogProcessor) == PROCESSORS and get_args(ManifestProcessor) == PROCESSORS
-    pending = {"shoal/devices.py", "shoal/pack/catalog.py", "shoal/store/manifest.py"}
+    assert PROCESSORS == ("cpu", "gpu", "inf1", "inf2") == get_args(Processor)
+    assert CatalogProcessor is Processor and ManifestProcessor is Processor
     spelled = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "shoal").rglob("*.py")
-                     if str(p.relative_to(ROOT)) not in pending and _literal_tuples(p))
+                     if str(p.relative_to(ROOT)) != "shoal/devices.py" and _literal_tuples(p))
     assert spelled == [], f"import PROCESSORS from shoal.devices instead of spelling them out: {spelled}"

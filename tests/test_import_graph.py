@@ -26,8 +26,8 @@ SHOAL = ROOT / "shoal"
 
 # Lower layers first. A package may import a package listed before it, never one after.
 PACKAGE_ORDER = [
-    "shoal", "shoal.errors", "shoal.ids", "shoal.cache_dirs", "shoal.config", "shoal.devices", "shoal.samples",
-    "shoal.artifacts", "shoal.graphs",
+    "shoal", "shoal.errors", "shoal.yaml_models", "shoal.ids", "shoal.cache_dirs", "shoal.config", "shoal.devices",
+    "shoal.samples", "shoal.artifacts", "shoal.graphs",
     "shoal.store",
     "shoal.spec",
     "shoal.family",
@@ -200,6 +200,13 @@ def test_packages_import_only_lower_layers() -> None:
             if rank[dst] > rank[src]:
                 wrong.append(f"{module} imports {target} ({src} is below {dst} in PACKAGE_ORDER)")
     assert not wrong, "imports against the layer order:\n" + "\n".join(sorted(wrong))
+
+
+def test_the_store_commands_import_no_later_stage() -> None:
+    """`shoal models synth` is the trace stage's: its command module adds it to the store's group."""
+    graph = import_graph()
+    store = [m for m in graph if m.startswith("shoal.store")]
+    assert [(m, t) for m in store for t in graph[m] if t.startswith("shoal.trace")] == []
 
 
 def test_the_graph_sees_function_level_imports_and_skips_type_checking() -> None:

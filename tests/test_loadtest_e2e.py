@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from shoal.loadtest.served import ServerProcess
-from shoal.pack.plan import InstancePlan, Plan, ServerPlan
+from shoal.pack.plan_file import InstancePlan, Plan, ServerPlan
 from shoal.store.local import LocalStore
 from shoal.trace.synth import synth_models
 from shoal.trace.tiny import make_tiny_model

@@ -13,7 +13,7 @@ from shoal.loadtest import cost
 from shoal.loadtest.payload import builtin_texts, load_payloads
 from shoal.loadtest.scenario import load_scenario, parse_duration, parse_rate
 from shoal.loadtest.targets import K8S_TEMPLATE, ModelChooser, _parse_models_listing, routes_from_plan
-from shoal.pack.plan import InstancePlan, Plan, ServerPlan
+from shoal.pack.plan_file import InstancePlan, Plan, ServerPlan
 
 REPO = Path(__file__).parent.parent
 

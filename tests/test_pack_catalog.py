@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from shoal.devices import usable_cores
 from shoal.errors import UsageError
-from shoal.pack.catalog import GIB, load_catalog, machine_ram_bytes, machine_vcpus, resolve, resolve_many
+from shoal.pack.catalog import GIB, load_catalog, machine_ram_bytes, resolve, resolve_many
 from shoal.pack.demand import build_demands, check_feasible, choose_batch, model_load, speed_on
 from tests.pack_support import manifest
 
@@ -37,7 +38,7 @@ def test_local_is_this_machine() -> None:
     cat = load_catalog()
     local = resolve_many(cat, ["local"], servers=3)[0]
     assert local.devices == 3 and local.max_count == 1 and local.price == 0
-    assert local.ram_bytes == machine_ram_bytes() and local.vcpu == machine_vcpus()
+    assert local.ram_bytes == machine_ram_bytes() and local.vcpu == usable_cores()
     assert local.device_memory_bytes == local.ram_bytes // 3
     assert [local.device_label(i) for i in range(3)] == ["cpu", "cpu", "cpu"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.pack.plan import load_plan
+from shoal.pack.plan_file import load_plan
 from shoal.store.local import LocalStore
 from tests.pack_support import manifest, push
 

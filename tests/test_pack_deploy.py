@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from shoal.deploy.local.state import FleetPaths, pid_alive, read_json, read_pid
-from shoal.pack.plan import load_plan
+from shoal.pack.plan_file import load_plan
 from shoal.store.local import LocalStore
 from tests.test_deploy_local_supervisor import free_ports
 

@@ -12,15 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shoal.pack.assignment import fits, load
 from shoal.pack.bounds import lower_bound
 from shoal.pack.catalog import GIB
 from shoal.pack.demand import Demands, ModelLoad, build_demands
 from shoal.pack.exact import solve_exact
 from shoal.pack.families import assign_families, charge
 from shoal.pack.improve import balance
-from shoal.pack.packing import fits, load
-from shoal.pack.plan import SolverReport, load_plan
-from shoal.pack.planner import to_plan
+from shoal.pack.plan_builder import to_plan
+from shoal.pack.plan_file import SolverReport, load_plan
 from shoal.pack.run import PackRequest, run_pack
 from shoal.pack.solver import solve
 from shoal.pack.synthetic import synthetic_family

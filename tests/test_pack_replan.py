@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.pack.packing import violations
-from shoal.pack.plan import Plan
+from shoal.pack.assignment import violations
+from shoal.pack.plan_file import Plan
 from shoal.pack.run import PackRequest, run_pack
 from shoal.store.local import LocalStore
 from tests.pack_support import manifest, push

@@ -12,10 +12,10 @@ from shoal.pack.bounds import dff_eps, dff_u, lower_bound
 from shoal.pack.catalog import load_catalog, resolve_many
 from shoal.pack.demand import build_demands, model_load
 from shoal.pack.exact import solve_exact
+from shoal.pack.greedy import best_fit_decreasing, min_slack, pack_type, spread
 from shoal.pack.improve import balance
-from shoal.pack.packers import best_fit_decreasing, min_slack, pack_type, spread
-from shoal.pack.planner import dns_label, to_plan
-from shoal.pack.plan import SolverReport
+from shoal.pack.plan_builder import dns_label, to_plan
+from shoal.pack.plan_file import SolverReport
 from shoal.pack.solver import solve
 from shoal.pack.synthetic import synthetic_models
 from tests.pack_support import assert_valid, demands, itype, loads_for

@@ -80,7 +80,7 @@ def kubernetes(
     from shoal.deploy.kubernetes.options import KubeOptions
     from shoal.deploy.kubernetes.output import MARKER, write_tree
     from shoal.deploy.kubernetes.output import apply as kubectl_apply
-    from shoal.pack.plan import load_plan
+    from shoal.pack.plan_file import load_plan
 
     start = time.perf_counter()
     the_plan = load_plan(plan)
@@ -136,7 +136,7 @@ def docker(
 ) -> None:
     """Run one container per server of the plan (`--gpus` for GPU, `--device /dev/neuronN` for Inferentia)."""
     from shoal.deploy import docker as runtime
-    from shoal.pack.plan import load_plan
+    from shoal.pack.plan_file import load_plan
 
     if down:
         runtime.stop_fleet(log=typer.echo)

@@ -20,7 +20,8 @@ from shoal import __version__
 from shoal.deploy.fleet_sizing import NEURON_CORES_PER_CHIP, ServerSizing, size_fleet
 from shoal.devices import PROCESSORS
 from shoal.errors import ShoalError, UsageError
-from shoal.pack.plan import Plan
+from shoal.pack.plan_file import Plan
+from shoal.store import parse_store_uri
 
 CONTAINER_PORT = 8080
 LABEL = "shoal.deploy=docker"
@@ -87,9 +88,10 @@ def container_name(server: str) -> str:
 
 def _store_mount(store: str) -> tuple[str, list[str]]:
     """(store URI inside the container, docker args): a local folder is mounted read-only at /store."""
-    if "://" in store and not store.startswith("file://"):
+    where = parse_store_uri(store)
+    if where.folder is None:
         return store, []
-    folder = Path(store.removeprefix("file://")).expanduser().resolve()
+    folder = where.folder.expanduser().resolve()
     if not folder.is_dir():
         raise UsageError(f"store folder {folder} does not exist: run ./build.sh first or pass --store")
     return "file:///store", ["-v", f"{folder}:/store:ro"]

@@ -17,7 +17,7 @@ from shoal.devices import DEVICE_KIND, PROCESSORS, Device, parse_device
 from shoal.errors import UsageError
 from shoal.ids import is_valid_model_id
 from shoal.pack.catalog import InstanceType, load_catalog, resolve
-from shoal.pack.plan import Plan, ServerPlan
+from shoal.pack.plan_file import Plan, ServerPlan
 
 NEURON_CORES_PER_CHIP = {"inf1": 4, "inf2": 2}
 MIB = 1 << 20

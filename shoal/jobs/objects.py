@@ -4,7 +4,8 @@ Why not the model store: models are folders with a manifest; jobs are single obj
 written by many processes at once. Writes are atomic either way, so a crash never
 leaves a half object under its final name: a temp file renamed into place locally, a
 multipart upload completed only at the end on S3. Large payloads stream through a
-writer in parts, never held whole in memory.
+writer in parts, never held whole in memory. S3 access itself, the client and botocore
+errors as StoreError or StoreUnavailable, is the store's (``shoal/store/s3_client.py``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from shoal.errors import StoreError, UsageError
+from shoal.store import parse_store_uri
+from shoal.store.s3_client import s3_call, s3_client
 
 PART_BYTES = 8 * 1024 * 1024  # S3 multipart part size (the minimum is 5 MiB)
+POOL_CONNECTIONS = 32  # the job store's S3 connection pool (the model store keeps botocore's 10)
 
 
 class ObjectWriter(ABC):
@@ -223,15 +227,8 @@ class S3Objects(Objects):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def call(self, what: str, fn: Any, **kwargs: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return fn(**kwargs)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "?")
-            raise StoreError(f"{what} in {self.uri} failed: {code}") from None
-        except BotoCoreError as exc:
-            raise StoreError(f"{what} in {self.uri} failed: {exc}") from None
+        """One S3 call through the store's S3 layer: a down endpoint is StoreUnavailable, the rest StoreError."""
+        return s3_call(self.uri, what, fn, **kwargs)
 
     def writer(self, key: str) -> ObjectWriter:
         return _S3Writer(self, key)
@@ -265,16 +262,6 @@ class S3Objects(Objects):
             token = page["NextContinuationToken"]
 
 
-def s3_client(endpoint_url: str | None, region: str) -> Any:
-    import boto3.session
-    from botocore.config import Config
-
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
-                    request_checksum_calculation="when_required", response_checksum_validation="when_required",
-                    max_pool_connections=32)
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
-
-
 class Locations:
     """Opens the job root and resolves any ``input_location`` a client names.
 
@@ -290,20 +277,14 @@ class Locations:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = s3_client(self.endpoint_url, self.region)
+            self._client = s3_client(self.endpoint_url, self.region, max_pool_connections=POOL_CONNECTIONS)
         return self._client
 
     def _open(self, uri: str) -> Objects:
-        if "://" not in uri:
-            return LocalObjects(Path(uri))
-        p = urlparse(uri)
-        if p.scheme == "file":
-            return LocalObjects(Path(p.netloc + p.path) if p.netloc else Path(p.path))
-        if p.scheme == "s3":
-            if not p.netloc:
-                raise UsageError(f"{uri!r} names no bucket: use s3://bucket/prefix")
-            return S3Objects(p.netloc, p.path, self.client)
-        raise UsageError(f"{uri!r}: the job store must be file://DIR or s3://bucket/prefix")
+        where = parse_store_uri(uri, "job store URI")
+        if where.folder is not None:
+            return LocalObjects(where.folder)
+        return S3Objects(where.bucket, where.prefix, self.client)
 
     def resolve(self, location: str) -> tuple[Objects, str]:
         """(objects, key) for a location; UsageError naming what is wrong with it."""

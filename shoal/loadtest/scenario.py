@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 from typing import Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shoal.errors import UsageError
+from shoal.yaml_models import load_yaml_model
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min|h)?\s*$")
 
@@ -103,20 +103,8 @@ class Scenario(BaseModel):
 def load_scenario(path: Path | str) -> Scenario:
     """Read and validate a scenario file with one clear error line."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"scenario file {p} does not exist (see loadtest/*.yaml)") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"scenario file {p} is not readable YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"scenario file {p} must be a mapping of setting: value")
-    try:
-        sc = Scenario.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "top level"
-        raise UsageError(f"scenario file {p} is malformed at {where}: {err['msg']}") from None
+    sc = load_yaml_model(p, Scenario, what="scenario file", shape="of setting: value",
+                         missing_hint=" (see loadtest/*.yaml)")
     for field in ("duration", "warmup", "timeout"):
         value = getattr(sc, field)
         if value is not None:

@@ -47,10 +47,10 @@ def sweep(
 ) -> None:
     """Sweep batch size x clients x precision: in-process limit and served path; CSV, JSON and 3 PNG plots."""
     from shoal.config import load_settings
+    from shoal.devices import usable_cores
     from shoal.loadtest import cost as costmod
     from shoal.loadtest.scenario import parse_duration
     from shoal.loadtest.sweep import SweepOptions, resolve_models, run_sweep, trace_precisions
-    from shoal.pack.catalog import machine_vcpus
     from shoal.store import store_from_settings
 
     console = Console(stderr=True)
@@ -72,7 +72,7 @@ def sweep(
         assert model
         models = resolve_models(model_store, model, precisions)
     name = model or (spec.stem if spec else "model")
-    price = costmod.resolve_price(price_per_hour, instance_type, vcpus_used=machine_vcpus())
+    price = costmod.resolve_price(price_per_hour, instance_type, vcpus_used=usable_cores())
     opts = SweepOptions(models=models, store_uri=model_store.uri, batch_sizes=bs, clients=cl,
                         out=out or settings.state_dir / "bench" / f"sweep-{name}",
                         duration_s=parse_duration(duration, "--duration"),

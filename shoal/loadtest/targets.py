@@ -112,7 +112,7 @@ def routes_from_target(url: str, model_ids: list[str] | None) -> Routes:
 def routes_from_plan(path: Path, model_ids: list[str] | None, template: str | None = None,
                      host: str = "127.0.0.1", namespace: str = "shoal") -> Routes:
     """Build routes from plan.json; refuses routes to undefined servers and unknown ids."""
-    from shoal.pack.plan import load_plan
+    from shoal.pack.plan_file import load_plan
 
     plan = load_plan(path)
     if not plan.routing:

@@ -3,7 +3,8 @@
 The catalog is data (``catalog.yaml`` in this package, or the user's own file); this
 module validates it and resolves the names given to ``--instances`` into
 :class:`InstanceType` records the solver works with, including the pseudo type
-``local`` whose vCPU and RAM are read from this machine.
+``local`` that describes this machine: its vCPUs are the cores this process may use
+(``shoal.devices.usable_cores``: affinity and cgroup quota), its RAM the machine's.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from shoal.devices import Processor, usable_cores
 from shoal.errors import UsageError
+from shoal.yaml_models import load_yaml_model
 
 GIB = 1 << 30
-Processor = Literal["cpu", "gpu", "inf1", "inf2"]
 
 
 class AcceleratorSpec(BaseModel):
@@ -36,7 +37,7 @@ class InstanceSpec(BaseModel):
 
     accelerator: str
     devices: int = Field(ge=1)
-    vcpu: int | Literal["auto"] = Field(description="'auto': this machine's")
+    vcpu: int | Literal["auto"] = Field(description="'auto': the cores usable here")
     ram_gib: float | Literal["auto"]
     price_per_hour: float = Field(ge=0)
     max_count: int | None = Field(None, ge=1, description="how many of this type exist (local: 1)")
@@ -92,20 +93,7 @@ def default_catalog_path() -> Path:
 def load_catalog(path: Path | str | None = None) -> CatalogFile:
     """Read and validate a catalog file; one clear line if it is malformed."""
     p = Path(path) if path else default_catalog_path()
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"catalog file {p} does not exist") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"catalog file {p} is not readable YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"catalog file {p} must be a mapping with 'accelerators' and 'instance_types'")
-    try:
-        catalog = CatalogFile.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise UsageError(f"catalog file {p} is malformed at {where}: {err['msg']}") from None
+    catalog = load_yaml_model(p, CatalogFile, what="catalog file", shape="with 'accelerators' and 'instance_types'")
     for name, spec in catalog.instance_types.items():
         if spec.accelerator not in catalog.accelerators:
             raise UsageError(f"catalog file {p}: instance type {name} names unknown accelerator {spec.accelerator!r}")
@@ -119,13 +107,6 @@ def machine_ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def machine_vcpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def resolve(catalog: CatalogFile, name: str, devices: int | None = None) -> InstanceType:
     """One catalog entry as an InstanceType; ``devices`` overrides the device count."""
     spec = catalog.instance_types.get(name)
@@ -134,7 +115,7 @@ def resolve(catalog: CatalogFile, name: str, devices: int | None = None) -> Inst
         raise UsageError(f"unknown instance type {name!r}; known types: {known}")
     acc = catalog.accelerators[spec.accelerator]
     n_dev = devices or spec.devices
-    vcpu = machine_vcpus() if spec.vcpu == "auto" else spec.vcpu
+    vcpu = usable_cores() if spec.vcpu == "auto" else spec.vcpu
     ram = machine_ram_bytes() if spec.ram_gib == "auto" else int(spec.ram_gib * GIB)
     dev_mem = int(acc.memory_gib * GIB) if acc.memory_gib else ram // n_dev
     return InstanceType(name=name, processor=acc.processor, accelerator=spec.accelerator, devices=n_dev,

@@ -17,8 +17,8 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
+from shoal.pack.assignment import Instance, Packing
 from shoal.pack.demand import Demands
-from shoal.pack.packing import Instance, Packing
 
 MAX_ASSIGN_VARS = 12_000
 

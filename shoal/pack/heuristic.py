@@ -1,7 +1,7 @@
 """Whole plans from the relaxation: which type each model goes to, then devices and instances.
 
 The relaxation (``bounds.py``) says which instance type each model should go to;
-``packers.py`` turns each type's share into devices; this module groups devices into
+``greedy.py`` turns each type's share into devices; this module groups devices into
 instances and respects types that exist in limited number (``local``).
 ``improve.py`` then polishes the result.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from shoal.errors import UsageError
+from shoal.pack.assignment import Instance, Packing
 from shoal.pack.demand import Demands
-from shoal.pack.packers import pack_type
-from shoal.pack.packing import Instance, Packing
+from shoal.pack.greedy import pack_type
 
 
 def into_instances(d: Demands, t: int, bins: list[list[int]]) -> list[Instance]:

@@ -13,11 +13,11 @@ import time
 
 import numpy as np
 
+from shoal.pack.assignment import TOL, Instance, Packing, load
 from shoal.pack.demand import Demands
 from shoal.pack.families import unit_groups
+from shoal.pack.greedy import pack_type
 from shoal.pack.heuristic import into_instances
-from shoal.pack.packers import pack_type
-from shoal.pack.packing import TOL, Instance, Packing, load
 
 
 class Slack:

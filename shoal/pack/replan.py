@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from shoal.pack.assignment import TOL, Instance, Packing, fits
 from shoal.pack.demand import Demands
 from shoal.pack.heuristic import guided
 from shoal.pack.improve import Slack
-from shoal.pack.packing import TOL, Instance, Packing, fits
-from shoal.pack.plan import Plan
+from shoal.pack.plan_file import Plan
 
 
 def sticky_start(d: Demands, previous: Plan) -> Packing:

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.errors import UsageError
+from shoal.pack.assignment import Instance, Packing
 from shoal.pack.catalog import load_catalog, resolve_many
 from shoal.pack.demand import Demands, ModelLoad, build_demands, check_feasible, is_estimate, model_load
 from shoal.pack.families import assign_families
 from shoal.pack.heuristic import single_type
 from shoal.pack.improve import balance, improve
-from shoal.pack.packing import Instance, Packing
-from shoal.pack.plan import Plan, SolverReport, load_plan
-from shoal.pack.planner import to_plan
+from shoal.pack.plan_builder import to_plan
+from shoal.pack.plan_file import Plan, SolverReport, load_plan
 from shoal.pack.replan import moved, sticky_start
 from shoal.pack.solver import Result, solve
 from shoal.pack.sources import DEFAULT_RPS, load_models

@@ -1,7 +1,7 @@
 """Choose instances and place every model: minimise $/h under both per-device limits.
 
 Order of work: (1) the relaxation gives a proven lower bound and a fractional plan;
-(2) the greedy packers (``packers.py``) turn it, its re-solves with lightly used
+(2) the greedy packers (``greedy.py``) turn it, its re-solves with lightly used
 types' counts pinned, and each single-type plan into whole devices, and the cheapest
 wins; (3) improvement moves empty the lightest instances; (4) if the problem is small
 enough, the exact MILP proves the optimum (or tightens the bound) within the time
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from shoal.errors import UsageError
+from shoal.pack.assignment import Packing
 from shoal.pack.bounds import Bound, lower_bound, tightest
 from shoal.pack.demand import Demands
 from shoal.pack.exact import MAX_ASSIGN_VARS, problem_size, solve_exact
 from shoal.pack.heuristic import guided, single_type
 from shoal.pack.improve import improve
-from shoal.pack.packing import Packing
 
 
 @dataclass

@@ -54,7 +54,7 @@ def serve(
             raise UsageError("--plan and --server go together: the plan file and the name of its server to run")
         if models:
             raise UsageError("give either --models or --plan/--server, not both")
-        from shoal.pack.plan import load_plan
+        from shoal.pack.plan_file import load_plan
 
         the_plan = load_plan(plan)
         entry = the_plan.server(server)

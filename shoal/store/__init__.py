@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -11,6 +12,28 @@ from shoal.errors import UsageError
 from shoal.store.base import ModelStore, verify_files
 from shoal.store.cache import VerifiedCache
 from shoal.store.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class StoreURI:
+    """Where a store URI points: a local folder (``file``) or a bucket and prefix (``s3``)."""
+
+    scheme: str  # file | s3
+    folder: Path | None = None
+    bucket: str = ""
+    prefix: str = ""
+
+
+def parse_store_uri(uri: str, what: str = "store URI") -> StoreURI:
+    """``file://DIR``, a bare path, or ``s3://bucket/prefix``; UsageError naming ``what`` for anything else."""
+    parsed = urlparse(uri if "://" in uri else "file://")
+    if parsed.scheme == "file":
+        return StoreURI("file", folder=Path(uri) if "://" not in uri else Path(parsed.netloc + parsed.path))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise UsageError(f"{what} {uri!r} names no bucket: use s3://bucket/prefix")
+        return StoreURI("s3", bucket=parsed.netloc, prefix=parsed.path)
+    raise UsageError(f"{what} {uri!r}: scheme must be file:// or s3://")
 
 
 def open_store(uri: str, *, cache_dir: Path | None = None, endpoint_url: str | None = None,
@@ -23,22 +46,16 @@ def open_store(uri: str, *, cache_dir: Path | None = None, endpoint_url: str | N
     """
     from shoal.store.local import LocalStore
 
-    parsed = urlparse(uri if "://" in uri else "file://")
-    if parsed.scheme == "file":
-        root = Path(uri) if "://" not in uri else Path(parsed.netloc + parsed.path)
+    where = parse_store_uri(uri)
+    if where.folder is not None:
         cache = None
         if local_cache:
-            key = hashlib.sha256(str(root.absolute()).encode()).hexdigest()[:16]
+            key = hashlib.sha256(str(where.folder.absolute()).encode()).hexdigest()[:16]
             cache = VerifiedCache((cache_dir or cache_root()) / "local" / key, disk_budget)
-        return LocalStore(root, cache)
-    if parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise UsageError(f"store URI {uri!r} names no bucket: use s3://bucket/prefix")
-        from shoal.store.s3 import S3Store
+        return LocalStore(where.folder, cache)
+    from shoal.store.s3 import S3Store
 
-        return S3Store(parsed.netloc, parsed.path, cache_dir or cache_root(), endpoint_url, region,
-                       disk_budget)
-    raise UsageError(f"store URI {uri!r}: scheme must be file:// or s3://")
+    return S3Store(where.bucket, where.prefix, cache_dir or cache_root(), endpoint_url, region, disk_budget)
 
 
 def store_from_settings(settings: "object", *, server: bool = False) -> ModelStore:
@@ -51,4 +68,4 @@ def store_from_settings(settings: "object", *, server: bool = False) -> ModelSto
                       region=settings.s3_region, local_cache=server, disk_budget=budget)
 
 
-__all__ = ["ModelStore", "Manifest", "open_store", "store_from_settings", "verify_files"]
+__all__ = ["ModelStore", "Manifest", "StoreURI", "open_store", "parse_store_uri", "store_from_settings", "verify_files"]

@@ -1,4 +1,4 @@
-"""`shoal models ...`: list, show, push, pull, rm (and synth, from the trace stage)."""
+"""`shoal models ...`: list, show, push, pull, rm (`models synth` is the trace stage's, registered by it)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shoal import cache_dirs
 from shoal.config import load_settings
 from shoal.errors import UsageError
 from shoal.store import store_from_settings
@@ -128,35 +127,6 @@ def rm(model_ids: list[str], store: StoreOpt = None) -> None:
     for model_id in model_ids:
         s.remove(model_id)
         typer.echo(f"removed {model_id}")
-
-
-@models_app.command("synth")
-def synth(
-    base: Annotated[str, typer.Option("--from", help="traced model to copy, e.g. minilm-cls")],
-    count: Annotated[int, typer.Option(help="how many unique models to create")],
-    seed: Annotated[int, typer.Option(help="first seed; model i gets seed+i")] = 0,
-    prefix: Annotated[Optional[str], typer.Option(help="id prefix (default: the base id)")] = None,
-    distinct: Annotated[bool, typer.Option("--distinct", help="perturb every tensor (default: vectors and the "
-                                           "head only, so copies share the base's matrices)")] = False,
-    store: StoreOpt = None,
-) -> None:
-    """Create N unique models (perturbed weights, fresh head, own sha256) from a traced base."""
-    import time
-
-    from rich.progress import Progress
-
-    from shoal.trace.synth import synth_models
-
-    settings = load_settings(store=store)
-    start = time.perf_counter()
-    with Progress(transient=True) as bar:
-        task = bar.add_task(f"synthesising from {base}", total=count)
-        ids = synth_models(store_from_settings(settings), base, count, seed=seed, prefix=prefix,
-                           build_dir=cache_dirs.build_dir(settings.cache_dir), distinct=distinct,
-                           progress=lambda i: bar.update(task, completed=i))
-    elapsed = time.perf_counter() - start
-    typer.echo(f"created {len(ids)} models ({ids[0]} .. {ids[-1]}) in {elapsed:.1f} s "
-               f"({elapsed / len(ids) * 1000:.0f} ms each)")
 
 
 def register(app: typer.Typer) -> None:

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from shoal.devices import Processor
 from shoal.store.digests import file_sha256
 from shoal.store.dtypes import dtype_size
 
@@ -36,7 +37,6 @@ def check_file_name(name: str) -> str:
 Kind = Literal["text", "detector", "tensor"]
 Task = Literal["embedding", "classification", "question-answering", "detection"]
 ArtifactFormat = Literal["torchscript", "neuron", "neuronx"]
-Processor = Literal["cpu", "gpu", "inf1", "inf2"]
 # int8 and *-int8emb: shoal/trace/quantize.py
 Precision = Literal["fp32", "bf16", "fp16", "int8", "int8-bf16", "fp32-int8emb", "bf16-int8emb"]
 

@@ -16,12 +16,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import IntegrityError, StoreError, StoreUnavailable
+from shoal.errors import IntegrityError, StoreError
 from shoal.ids import check_model_id, is_valid_model_id
 from shoal.store.base import MANIFEST_NAME, ModelStore, check_listed, manifest_bytes, verify_files
 from shoal.store.blobs import BLOBS
 from shoal.store.cache import VerifiedCache
 from shoal.store.manifest import Manifest
+from shoal.store.s3_client import s3_call, s3_client
 
 REFS = ".refs"
 
@@ -29,49 +30,20 @@ REFS = ".refs"
 class S3Store(ModelStore):
     def __init__(self, bucket: str, prefix: str, cache_dir: Path, endpoint_url: str | None, region: str,
                  disk_budget: int | None = None) -> None:
-        import boto3.session
-        from botocore.config import Config
-
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.cache_dir = cache_dir / bucket / (self.prefix or "_")
         self.cache = VerifiedCache(self.cache_dir, disk_budget)
-        config = Config(
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        # A fresh session per store: the default session caches credentials across stores.
-        self.client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region,
-                                                     config=config)
+        self.client = s3_client(endpoint_url, region)
 
     def _key(self, model_id: str, name: str) -> str:
         parts = [self.prefix, check_model_id(model_id), name]
         return "/".join(p for p in parts if p)
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
-        """Run one S3 call, turning every botocore failure into one clear StoreError line."""
-        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-
-        try:
-            return fn(**kwargs)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "?")
-            if code in ("NoSuchKey", "404"):
-                raise
-            if code in ("InternalError", "ServiceUnavailable", "SlowDown", "500", "502", "503", "504"):
-                raise StoreUnavailable(f"{what} in {self.uri} failed: {code} (the store is unavailable)") from None
-            hint = " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)" if code in (
-                "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") else ""
-            raise StoreError(f"{what} in {self.uri} failed: {code}{hint}") from None
-        except (BotoConnectionError, HTTPClientError) as exc:
-            raise StoreUnavailable(f"{what} in {self.uri} failed: {exc}") from None
-        except BotoCoreError as exc:
-            raise StoreError(f"{what} in {self.uri} failed: {exc}") from None
+        """One S3 call (``s3_client.s3_call``); a missing key stays botocore's ClientError, read as absent."""
+        return s3_call(self.uri, what, fn, keep_missing=True, **kwargs)
 
     def check(self) -> None:
         """One cheap request: StoreUnavailable while the endpoint cannot be reached."""

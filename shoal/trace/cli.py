@@ -1,4 +1,8 @@
-"""`shoal trace MODEL.yaml ...`: compile a catalog entry and record its measured profile."""
+"""`shoal trace MODEL.yaml ...`: compile a catalog entry and record its measured profile.
+
+Also `shoal models synth`: copies of a traced base are the trace stage's work (the frozen
+path re-reads the build cache), so this module adds that command to the store's `models` group.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from rich.console import Console
 
 from shoal import cache_dirs
 from shoal.config import load_settings, parse_bytes
+from shoal.store.cli import StoreOpt, models_app
 from shoal.store.manifest import Precision
 
 console = Console(stderr=True)
@@ -59,5 +64,35 @@ def trace(
     cache_dirs.prune(opts.build_dir, parse_bytes(settings.build_cache_budget))
 
 
+def synth(
+    base: Annotated[str, typer.Option("--from", help="traced model to copy, e.g. minilm-cls")],
+    count: Annotated[int, typer.Option(help="how many unique models to create")],
+    seed: Annotated[int, typer.Option(help="first seed; model i gets seed+i")] = 0,
+    prefix: Annotated[Optional[str], typer.Option(help="id prefix (default: the base id)")] = None,
+    distinct: Annotated[bool, typer.Option("--distinct", help="perturb every tensor (default: vectors and the "
+                                           "head only, so copies share the base's matrices)")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Create N unique models (perturbed weights, fresh head, own sha256) from a traced base."""
+    import time
+
+    from rich.progress import Progress
+
+    from shoal.store import store_from_settings
+    from shoal.trace.synth import synth_models
+
+    settings = load_settings(store=store)
+    start = time.perf_counter()
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"synthesising from {base}", total=count)
+        ids = synth_models(store_from_settings(settings), base, count, seed=seed, prefix=prefix,
+                           build_dir=cache_dirs.build_dir(settings.cache_dir), distinct=distinct,
+                           progress=lambda i: bar.update(task, completed=i))
+    elapsed = time.perf_counter() - start
+    typer.echo(f"created {len(ids)} models ({ids[0]} .. {ids[-1]}) in {elapsed:.1f} s "
+               f"({elapsed / len(ids) * 1000:.0f} ms each)")
+
+
 def register(app: typer.Typer) -> None:
     app.command("trace")(trace)
+    models_app.command("synth")(synth)

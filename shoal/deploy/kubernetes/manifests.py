@@ -28,7 +28,7 @@ from shoal.deploy.kubernetes.output import dump, dump_all
 from shoal.deploy.kubernetes.routing import ingress, routing_configmap
 from shoal.deploy.kubernetes.workload import deployment, disruption_budget, plan_configmap, service
 from shoal.devices import NEURON_PROCESSORS
-from shoal.pack.plan import Plan
+from shoal.pack.plan_file import Plan
 
 
 @dataclass

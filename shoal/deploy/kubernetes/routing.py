@@ -12,7 +12,7 @@ import json
 from shoal.deploy.fleet_sizing import ServerSizing
 from shoal.deploy.kubernetes.options import APP, KubeOptions, labels, metadata
 from shoal.errors import UsageError
-from shoal.pack.plan import Plan
+from shoal.pack.plan_file import Plan
 
 CONFIGMAP_LIMIT = 1 << 20  # bytes of data the API server accepts in one ConfigMap
 

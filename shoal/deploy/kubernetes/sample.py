@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from shoal.devices import NEURON_PROCESSORS
 from shoal.errors import UsageError
 from shoal.pack.catalog import load_catalog, resolve
-from shoal.pack.plan import InstancePlan, Plan, ServerPlan
+from shoal.pack.plan_file import InstancePlan, Plan, ServerPlan
 
 MODEL_BYTES = 60 * (1 << 20)
 

@@ -11,7 +11,7 @@ import hashlib
 
 from shoal.deploy.fleet_sizing import GIB, MIB, ServerSizing
 from shoal.deploy.kubernetes.options import APP, PLAN_DIR, PORT, KubeOptions, labels, metadata, selector
-from shoal.pack.plan import Plan
+from shoal.pack.plan_file import Plan
 
 CACHE_DIR = "/var/cache/shoal"
 USER_ID = 10001

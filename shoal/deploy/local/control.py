@@ -24,7 +24,7 @@ from shoal.deploy.local.fleet import FleetSpec, ServerSpec, plan_fleet, workers_
 from shoal.deploy.local.state import (FleetPaths, pid_alive, read_json, read_pid, same_process,
                                       supervisor_running, terminate_groups)
 from shoal.errors import ShoalError, UsageError
-from shoal.pack.plan import Plan, load_plan
+from shoal.pack.plan_file import Plan, load_plan
 from shoal.store import ModelStore, open_store
 from shoal.store.local import LocalStore
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from shoal.devices import Device, cpu_slices, parse_device, process_env, usable_cores
 from shoal.errors import UsageError
-from shoal.pack.plan import Plan
+from shoal.pack.plan_file import Plan
 
 FLEET_VERSION = 1
 # What `shoal serve` imports before it serves: the zygote imports these once for every server.

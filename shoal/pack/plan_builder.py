@@ -14,10 +14,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from shoal.pack.assignment import Packing, load
 from shoal.pack.demand import Demands, ModelLoad
 from shoal.pack.families import placements
-from shoal.pack.packing import Packing, load
-from shoal.pack.plan import FamilyOnServer, FamilyPlan, InstancePlan, Plan, ServerPlan, SolverReport
+from shoal.pack.plan_file import FamilyOnServer, FamilyPlan, InstancePlan, Plan, ServerPlan, SolverReport
 
 _NOT_LABEL = re.compile(r"[^a-z0-9-]+")
 

@@ -18,10 +18,10 @@ import math
 
 import numpy as np
 
+from shoal.pack.assignment import TOL
 from shoal.pack.demand import Demands
 from shoal.pack.families import has_members
 from shoal.pack.family_groups import chunk
-from shoal.pack.packing import TOL
 
 EPS = 1e-12
 CHUNK_SCALES = (1.0, 0.5, 0.25, 0.125)  # family groups: whole devices, or pieces that mix with other models
