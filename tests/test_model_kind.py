@@ -1,6 +1,6 @@
 """Adding a model kind is one module: this test module is that module, and it is served over HTTP.
 
-The kind ("tensor": a TorchScript graph over rows of numbers) brings only model execution:
+The kind ("doubler_rows", unknown to shoal: a TorchScript graph over rows of numbers) brings only model execution:
 load, preprocess, infer, postprocess. Protocol conversion is the stock
 ``shoal.server.codecs.numeric.NumericCodec``; ``register_kind`` plugs the module in without
 touching any shoal file. The server is a real uvicorn on loopback in a thread, running
@@ -29,7 +29,7 @@ from shoal.server.handlers.base import Handler, LoadContext
 from shoal.store.local import LocalStore
 from shoal.store.manifest import Manifest, describe_files
 
-KIND = "tensor"
+KIND = "doubler_rows"  # a kind shoal itself has never heard of
 CODEC = NumericCodec  # the kind's protocol side: reused, not written
 
 
@@ -133,5 +133,12 @@ def test_a_kind_defined_in_a_test_module_is_served_over_http(server: str) -> Non
 
 def test_an_unregistered_kind_fails_its_load_with_a_reason(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    with pytest.raises(RuntimeError, match="no handler for model kind 'tensor'"):
+    with pytest.raises(RuntimeError, match="no handler for model kind 'doubler_rows'"):
         handlers.create_handler(store.read_manifest("doubler"), store.fetch("doubler"), LoadContext("cpu", "cpu"))
+
+
+@pytest.mark.parametrize("kind", ["a.b", "../text", "Text", "", "x" * 33])
+def test_a_kind_is_a_plain_module_name(kind: str) -> None:
+    """The kind names a handler module, so a tampered manifest cannot point the import elsewhere."""
+    with pytest.raises(ValueError, match="kind"):
+        Manifest(id="m", kind=kind, task="embedding", tokenizer=None, artifact="model.pt", files={})

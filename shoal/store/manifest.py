@@ -34,7 +34,11 @@ def check_file_name(name: str) -> str:
         raise ValueError(f"file name {name[:80]!r} is not a plain relative path inside the model folder")
     return name
 
+# The kinds the trace stage builds (catalog entries name one). A manifest may name any other kind whose
+# handler module a server has (``shoal.server.handlers.register_kind``): it names a module, so only a
+# plain lowercase identifier.
 Kind = Literal["text", "detector", "tensor"]
+KIND_NAME = r"^[a-z][a-z0-9_]{0,31}$"
 Task = Literal["embedding", "classification", "question-answering", "detection"]
 ArtifactFormat = Literal["torchscript", "neuron", "neuronx"]
 # int8 and *-int8emb: shoal/trace/quantize.py
@@ -120,7 +124,8 @@ class Batching(BaseModel):
 
 class Manifest(BaseModel):
     id: str
-    kind: Kind
+    kind: str = Field(pattern=KIND_NAME, description="the handler module that serves it: text, detector, or a "
+                      "registered kind")
     task: Task
     format: ArtifactFormat = "torchscript"
     processor: Processor = "cpu"
