@@ -16,6 +16,17 @@ from typing import Any, Callable, Generic, TypeVar
 T = TypeVar("T")
 
 
+def settle(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    """Each waiting future gets its value or its exception (one already cancelled is left alone)."""
+    for fut, value, exc in results:
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+
 class Grouped(Generic[T]):
     def __init__(self, pool: Executor, fn: Callable[[T], Any], batch: int = 32, trips: int = 4) -> None:
         self.pool, self.fn, self.batch, self.trips = pool, fn, max(1, batch), max(1, trips)
@@ -48,11 +59,5 @@ class Grouped(Generic[T]):
     def _done(self, loop: asyncio.AbstractEventLoop, out: list[tuple[asyncio.Future, Any, BaseException | None]]
               ) -> None:
         self._running -= 1
-        for fut, value, exc in out:
-            if fut.done():
-                continue
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(value)
+        settle(out)
         self._launch(loop)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shoal.errors import UsageError
+from shoal.jobs.grouped import settle
 from shoal.jobs.queue.base import Backlog, Delivery, JobQueue
 from shoal.jobs.records import JobRecord, JobState
 
@@ -115,7 +116,7 @@ class SqliteQueue(JobQueue):
                     raise
             except Exception as exc:
                 results = [(fut, None, exc) for _, fut in ops]
-            loop.call_soon_threadsafe(_resolve, results)
+            loop.call_soon_threadsafe(settle, results)
 
     def _take(self) -> list[tuple[Op, asyncio.Future]]:
         # list swaps are atomic under the GIL; the loop appends, this thread drains
@@ -332,11 +333,3 @@ def _load(raw: str) -> JobRecord:
     return JobRecord.from_flat(json.loads(raw))
 
 
-def _resolve(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
-    for fut, value, exc in results:
-        if fut.done():
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(value)
